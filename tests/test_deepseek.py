@@ -377,3 +377,23 @@ def test_mtp_keys_and_hf_copies(tmp_path):
     again = load_model(tmp_path)
     for n, t in model.state_dict().items():
         assert torch.equal(again.state_dict()[n], t), n
+
+
+def test_hf_saved_checkpoint_without_mtp_weights_loads(tmp_path):
+    """transformers writes num_nextn_predict_layers but no MTP weights; r1kit builds only what the file holds."""
+    import transformers
+
+    from r1kit.checkpoint.hf import load_model
+    cfg = transformers.DeepseekV3Config(vocab_size=99, hidden_size=32, intermediate_size=32, moe_intermediate_size=16,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                        n_shared_experts=1, n_routed_experts=8, kv_lora_rank=16, q_lora_rank=32,
+                                        qk_rope_head_dim=16, v_head_dim=32, qk_nope_head_dim=32, n_group=2,
+                                        topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                                        max_position_embeddings=512, num_nextn_predict_layers=1)
+    hf = transformers.DeepseekV3ForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_model(tmp_path)
+    assert ours.cfg.n_mtp == 0
+    ids = torch.randint(0, 99, (1, 9))
+    with torch.no_grad():
+        assert (hf(ids).logits - ours(ids)).abs().max().item() <= 1e-4

@@ -158,6 +158,14 @@ def _shards(folder: Path) -> tuple[list[Path], dict[str, str]]:
     return [single], {}
 
 
+def _keys(folder: Path) -> list[str]:
+    files, weight_map = _shards(folder)
+    if weight_map:
+        return list(weight_map)
+    with _open(files[0]) as f:
+        return list(f.keys())
+
+
 def _open(path: Path):
     if not path.exists():
         raise file_error(path, "file not found")
@@ -218,6 +226,10 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device="c
     if not folder.exists():
         raise file_error(folder, "not found")
     cfg = cfg or load_config(folder)
+    if cfg.n_mtp:  # transformers saves DeepSeek-V3 without the MTP layers its config announces: build what exists
+        keys = _keys(folder)
+        present = sum(any(k.startswith(f"model.layers.{cfg.n_layers + i}.") for k in keys) for i in range(cfg.n_mtp))
+        cfg = cfg.replace(n_mtp=present)
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)

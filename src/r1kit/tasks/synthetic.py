@@ -1,0 +1,239 @@
+"""Generated tasks for offline demos: short strings a tiny character-level model can learn, where a scratchpad inside
+<think> makes the answer reliable. Examples are generated per index from a seeded RNG (random access, no storage);
+train and test are disjoint by a hash of the question.
+
+    arith       "3+5*2-4"               gold "9"        scratchpad "5*2=10 3+10=13 13-4=9"
+    countdown   "Use 3, 8, 4 to make 20"  gold "(8*3)-4"  scratchpad "8*3=24 24-4=20"
+
+`worked_solution(example)` is a correct completion in the R1-Zero format and `bare_solution(example)` the same
+answer (or a plausible guess) with an empty thought: together they make a pretraining corpus for a tiny base model.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from r1kit.errors import R1kitError
+from r1kit.rewards.answer import extract_answer
+from r1kit.rewards.expr import check_countdown
+from r1kit.tasks.common import Example, Task, example_rng, in_test_split
+
+SPLITS = ("train", "test")
+TEST_PERCENT = 10  # share of the question space reserved for the test split
+MAX_TRIES = 10_000
+
+
+def _range_arg(x, name: str) -> tuple[int, int]:
+    lo, hi = (x, x) if isinstance(x, int) else tuple(x)
+    if not 1 <= lo <= hi:
+        raise R1kitError(f"{name} must be a positive int or a (low, high) pair with low <= high, got {x!r}")
+    return lo, hi
+
+
+def _completion(think: str, answer: str, template: str, lang: str | None) -> str:
+    if template == "r1-zero":
+        return f"<think>{think}</think> <answer>{answer}</answer>"
+    if template == "r1":  # the prompt already opened <think>\n
+        lead = "答案是" if lang == "zh" else "The answer is"
+        return f"{think}\n</think>\n\n{lead} $\\boxed{{{answer}}}$."
+    raise R1kitError(f"unknown template {template!r}; expected r1-zero or r1")
+
+
+class SyntheticTask(Task):
+    """Shared plumbing: split/size/seed, rejection into the right split, solutions."""
+
+    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, lang: str | None = None,
+                 start: int = 0, stop: int | None = None, step: int = 1):
+        super().__init__(start, stop, step)
+        if split not in SPLITS:
+            raise R1kitError(f"{self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        if lang not in (None, "en", "zh"):
+            raise R1kitError(f"{self.name}: unknown lang {lang!r}; expected None, 'en' or 'zh'")
+        self.split, self.seed, self.lang = split, seed, lang
+        self.size = size if size is not None else (10_000 if split == "train" else 500)
+
+    def num_examples(self) -> int:
+        return self.size
+
+    def get_example(self, index: int) -> Example:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        rng = example_rng(self.name, self.seed, self.split, index)
+        for _ in range(MAX_TRIES):
+            ex = self.generate(rng)
+            if ex is not None and in_test_split(ex.question, TEST_PERCENT) == (self.split == "test"):
+                ex.meta.update(lang=self.lang or "en", index=index, split=self.split)
+                return ex
+        raise R1kitError(f"{self.name}: could not generate a {self.split} example; widen the difficulty settings")
+
+    def generate(self, rng) -> Example | None:
+        """One random example (None: rejected, try again)."""
+        raise NotImplementedError
+
+    def worked_solution(self, example: Example, template: str = "r1-zero") -> str:
+        """A correct completion: scratchpad in the thought, the gold in the answer."""
+        return _completion(example.meta["scratchpad"], example.answer, template, self.lang)
+
+    def bare_solution(self, example: Example, guess: bool = False, template: str = "r1-zero") -> str:
+        """An empty thought and the gold answer, or (guess=True) a plausible answer that is usually wrong."""
+        answer = self.guess(example) if guess else example.answer
+        return _completion("", answer, template, self.lang)
+
+    def guess(self, example: Example) -> str:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def arith_steps(numbers: list[int], ops: list[str]) -> tuple[list[str], int]:
+    """Evaluate with the usual precedence, one operation per step: all `*` left to right, then `+ -` left to right.
+
+    >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"])
+    (['5*2=10', '3+10=13', '13-4=9'], 9)
+    """
+    nums, ops = list(numbers), list(ops)
+    steps = []
+    while "*" in ops:
+        k = ops.index("*")
+        c = nums[k] * nums[k + 1]
+        steps.append(f"{nums[k]}*{nums[k + 1]}={c}")
+        nums[k : k + 2] = [c]
+        del ops[k]
+    while ops:
+        a, b, op = nums[0], nums[1], ops.pop(0)
+        c = a + b if op == "+" else a - b
+        steps.append(f"{a}{op}{b}={c}")
+        nums[0:2] = [c]
+    return steps, nums[0]
+
+
+_ARITH_WORDS = {
+    "en": ("Compute {}", "First {}", ", then {}", "."),
+    "zh": ("计算 {}", "先算 {}", "，再算 {}", "。"),
+}
+
+
+class ArithTask(SyntheticTask):
+    """Multi-step integer arithmetic with + - * and the usual precedence; the gold is the integer value.
+
+    Args:
+        n_terms: operand count, an int or a (low, high) range (>= 2).
+        max_operand: operands are drawn from 1..max_operand.
+        ops: operators to draw from (subset of "+-*").
+        lang: None (symbolic question and scratchpad, no words: best for a tiny model), "en" or "zh" (question and
+            scratchpad in words, for the language-consistency stage; needs a tokenizer that covers the script).
+    """
+
+    name = "arith"
+
+    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_terms=(2, 4),
+                 max_operand: int = 9, ops: str = "+-*", lang: str | None = None, **slice_kw):
+        super().__init__(split, size, seed, lang, **slice_kw)
+        self.n_terms = _range_arg(n_terms, "n_terms")
+        if self.n_terms[0] < 2:
+            raise R1kitError(f"arith: n_terms must be >= 2, got {n_terms!r}")
+        if max_operand < 1:
+            raise R1kitError(f"arith: max_operand must be >= 1, got {max_operand}")
+        if not ops or set(ops) - set("+-*"):
+            raise R1kitError(f"arith: ops must be a non-empty subset of '+-*', got {ops!r}")
+        self.max_operand, self.ops = max_operand, ops
+
+    def generate(self, rng) -> Example:
+        n = rng.randint(*self.n_terms)
+        numbers = [rng.randint(1, self.max_operand) for _ in range(n)]
+        ops = [rng.choice(self.ops) for _ in range(n - 1)]
+        expr = str(numbers[0]) + "".join(f"{op}{x}" for op, x in zip(ops, numbers[1:]))
+        steps, value = arith_steps(numbers, ops)
+        if self.lang is None:
+            question, scratchpad = expr, " ".join(steps)
+        else:
+            ask, first, then, end = _ARITH_WORDS[self.lang]
+            question = ask.format(expr)
+            scratchpad = first.format(steps[0]) + "".join(then.format(s) for s in steps[1:]) + end
+        return Example(question, str(value), {"expr": expr, "numbers": numbers, "ops": ops, "steps": steps,
+                                              "scratchpad": scratchpad})
+
+    def guess(self, example: Example) -> str:
+        # The classic mistake: evaluate left to right, ignoring precedence; else off by a little.
+        nums, ops = example.meta["numbers"], example.meta["ops"]
+        value = nums[0]
+        for op, x in zip(ops, nums[1:]):
+            value = value + x if op == "+" else value - x if op == "-" else value * x
+        if str(value) == example.answer:
+            rng = example_rng("guess", example.question)
+            value += rng.choice([-1, 1]) * rng.randint(1, 3)
+        return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CountdownTask(SyntheticTask):
+    """Reach the target using each given number exactly once with + - * / and parentheses.
+
+    Generated backwards from a random expression tree (every intermediate value a positive integer), so a solution
+    always exists; the gold is that expression, but any expression using exactly the given numbers (as a multiset)
+    with the target value scores 1. Answers are checked by the safe parser in r1kit.rewards.expr (no eval).
+
+    Args:
+        n_numbers: how many numbers, an int or a (low, high) range (>= 2).
+        max_number: numbers are drawn from 1..max_number.
+        max_target: targets are at most this.
+    """
+
+    name = "countdown"
+
+    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_numbers=3,
+                 max_number: int = 20, max_target: int = 100, lang: str | None = None, **slice_kw):
+        super().__init__(split, size, seed, lang, **slice_kw)
+        self.n_numbers = _range_arg(n_numbers, "n_numbers")
+        if self.n_numbers[0] < 2:
+            raise R1kitError(f"countdown: n_numbers must be >= 2, got {n_numbers!r}")
+        if max_number < 1 or max_target < 1:
+            raise R1kitError("countdown: max_number and max_target must be >= 1")
+        self.max_number, self.max_target = max_number, max_target
+
+    def _build(self, rng, numbers: list[int]):
+        # items: (expression text, value, is_atomic); combine two at random until one is left.
+        items = [(str(x), Fraction(x), True) for x in numbers]
+        steps = []
+        while len(items) > 1:
+            i, j = rng.sample(range(len(items)), 2)
+            (ea, a, atom_a), (eb, b, atom_b) = items[i], items[j]
+            op = rng.choice("+-*/")
+            if op in "-/" and a < b:
+                (ea, a, atom_a), (eb, b, atom_b) = (eb, b, atom_b), (ea, a, atom_a)
+            c = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]  # values are >= 1, so b != 0
+            if c <= 0 or c.denominator != 1:
+                return None
+            steps.append(f"{a}{op}{b}={c}")
+            expr = f"{ea if atom_a else f'({ea})'}{op}{eb if atom_b else f'({eb})'}"
+            items = [it for k, it in enumerate(items) if k not in (i, j)] + [(expr, c, False)]
+        expr, value, _ = items[0]
+        return expr, int(value), steps
+
+    def generate(self, rng) -> Example | None:
+        n = rng.randint(*self.n_numbers)
+        numbers = [rng.randint(1, self.max_number) for _ in range(n)]
+        built = self._build(rng, numbers)
+        if built is None or built[1] > self.max_target:
+            return None
+        expr, target, steps = built
+        shown = ", ".join(map(str, numbers))
+        question = f"用 {shown} 算出 {target}" if self.lang == "zh" else f"Use {shown} to make {target}"
+        # "verifier" tells the accuracy reward to use the countdown rule rather than math equivalence.
+        return Example(question, expr, {"numbers": numbers, "target": target, "steps": steps,
+                                        "scratchpad": " ".join(steps), "verifier": "countdown"})
+
+    def evaluate(self, example: Example, completion: str, template: str = "r1-zero") -> float:
+        answer = extract_answer(completion, require_think=template == "r1")
+        ok = answer is not None and check_countdown(answer, example.meta["numbers"], example.meta["target"])
+        return float(ok)
+
+    def guess(self, example: Example) -> str:
+        # A random expression over the same numbers: well-formed, right by chance only.
+        rng = example_rng("guess", example.question)
+        nums = list(example.meta["numbers"])
+        rng.shuffle(nums)
+        return str(nums[0]) + "".join(f"{rng.choice('+-*/')}{x}" for x in nums[1:])

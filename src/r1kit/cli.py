@@ -79,7 +79,11 @@ def demo(prompt: str = "What is the capital of France?", max_new_tokens: int = 4
     print(f"[{len(new)} tokens in {dt:.1f}s, greedy, fp32 CPU, full recompute]")
 
 
-COMMANDS = {"params": params, "convert": convert, "demo": demo}
+def _commands() -> dict:
+    from r1kit.engine.cli import generate
+    from r1kit.rl.zero import zero
+
+    return {"params": params, "convert": convert, "generate": generate, "zero": zero, "demo": demo}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ def _arg_help(doc: str) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1kit", description="The DeepSeek-R1 system end to end.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, fn in COMMANDS.items():
+    for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else "", description=doc.split("Args:")[0].strip(),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -130,19 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
             if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
                 tp = next(a for a in typing.get_args(tp) if a is not type(None))
             h = helps.get(pname, "")
+            flag = ("-" if len(pname) == 1 else "--") + pname.replace("_", "-")  # -n, -k as users expect
             if param.default is inspect.Parameter.empty:
                 p.add_argument(pname, type=tp, help=h)
             elif tp is bool:
-                p.add_argument("--" + pname.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                p.add_argument(flag, action=argparse.BooleanOptionalAction,
                                default=param.default, help=h)
             else:
-                p.add_argument("--" + pname.replace("_", "-"), type=tp, default=param.default, help=h)
+                p.add_argument(flag, type=tp, default=param.default, help=h)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    fn = COMMANDS[args.pop("command")]
+    fn = _commands()[args.pop("command")]
     try:
         fn(**args)
     except R1kitError as e:

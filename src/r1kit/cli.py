@@ -81,9 +81,11 @@ def demo(prompt: str = "What is the capital of France?", max_new_tokens: int = 4
 
 def _commands() -> dict:
     from r1kit.engine.cli import generate
+    from r1kit.eval.cli import eval_cmd
     from r1kit.rl.zero import zero
 
-    return {"params": params, "convert": convert, "generate": generate, "zero": zero, "demo": demo}
+    return {"params": params, "convert": convert, "generate": generate, "zero": zero, "eval": eval_cmd,
+            "demo": demo}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -236,26 +236,28 @@ class Tokenizer:
 
     @classmethod
     def train_bpe(cls, texts: Sequence[str], vocab_size: int = 384) -> Tokenizer:
-        """A small byte-level BPE trained on `texts`, with the same R1 tokens, tags, pad and unk as `builtin()`.
+        """A small byte-level BPE trained on `texts`, with the R1 tokens (bos=0, eos=1) and the think/answer tags.
 
         Digits stay single tokens, so numbers keep a place-value structure a tiny model can learn; words merge,
         so a long fixed prompt (the R1-Zero template) costs a few dozen tokens instead of hundreds of characters.
-        Deterministic for the same texts.
+        Deterministic for the same texts. The tags are added after training as plain (not special) tokens, so
+        they get ids of their own and `decode(skip_special_tokens=True)` keeps them for parsing.
         """
-        special = [R1_BOS, R1_EOS, R1_USER, R1_ASSISTANT]
+        special = [R1_BOS, R1_EOS, R1_USER, R1_ASSISTANT, "<pad>", "<unk>"]
         tags = [THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE]
         tk = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         )
         tk.decoder = decoders.ByteLevel()
-        # Tags are added before training so BPE never learns merges across them.
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(tags), special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        plain = list(texts)
+        for tag in tags:  # no merges are learnt from inside the tags: they become single tokens below
+            plain = [t.replace(tag, " ") for t in plain]
+        tk.train_from_iterator(plain, trainer)
         tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
         tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
-        tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ["<pad>", "<unk>"]])
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special + tags + ["<pad>", "<unk>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tk.train_from_iterator(texts, trainer)
         tk.post_processor = processors.TemplateProcessing(
             single=f"{R1_BOS} $A", pair=f"{R1_BOS} $A {R1_BOS} $B", special_tokens=[(R1_BOS, 0)]
         )

@@ -1,0 +1,72 @@
+"""The R1-Zero job end to end at toy size: run folder contents, and exact resume after kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from safetensors.torch import load_file
+
+ARGS = ["--steps", "4", "--ckpt-every", "1", "--base-steps", "20", "--prompts-per-step", "2", "--group-size", "4",
+        "--max-new-tokens", "12", "--eval-problems", "4"]
+
+
+def zero(cwd, run_dir, *extra, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "r1kit.cli", "zero", "--run-dir", str(run_dir), *ARGS, *extra],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def weights(run_dir, step):
+    return load_file(str(run_dir / f"checkpoint-{step:06d}" / "model.safetensors"))
+
+
+def test_run_folder_and_resume_after_kill(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = zero(tmp_path, a)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    for name in ["metrics.jsonl", "report.md", "summary.json", "run.json", "response_length.png",
+                 "reflection_rate.png", "heldout_accuracy.png", "checkpoint-000004/model.safetensors",
+                 "checkpoint-000004/config.json", "checkpoint-000004/trainer_state.pt"]:
+        assert (a / name).exists(), name
+    assert not (a / "checkpoint-000001").exists()  # only the last 2 are kept
+    assert list((a / "tb").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ["reward", "reward/accuracy", "reward/format", "policy_loss", "kl", "clip_low", "clip_high",
+                "entropy", "length_mean", "length_max", "frac_reward_zero_std", "reflection_rate", "tokens_per_s",
+                "step_time"]:
+        assert key in rows[0], key
+    report = (a / "report.md").read_text()
+    assert "| pass@1 |" in report and "mean response length" in report
+
+    # the same run, killed with SIGKILL once step 2 is checkpointed, then resumed
+    p = zero(tmp_path, b)
+    deadline = time.time() + 600
+    while not (b / "checkpoint-000002").exists():
+        assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (b / "checkpoint-000004").exists()
+    p = zero(tmp_path, b, "--resume")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert "resumed from" in out
+    wa, wb = weights(a, 4), weights(b, 4)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), k
+    rows_b = [json.loads(line)["step"] for line in (b / "metrics.jsonl").read_text().splitlines()]
+    assert rows_b == [1, 2, 3, 4]
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    p = zero(tmp_path, tmp_path / "r")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2
+    assert "--resume" in out and "Traceback" not in out

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import torch
 
+from r1kit.errors import R1kitError
 from r1kit.rl.grpo import GRPOConfig, grpo_step
 
 DEMO_BASE_CACHE = Path(".cache/r1kit")
+# The demo task: sums of 3-5 digits. A tiny model can learn each step of the scratchpad ("4+3=7 7+1=8") far more
+# reliably than the whole sum at once, so thinking pays.
+DEMO_TASKS = {"arith": dict(n_terms=(3, 5), max_operand=9, ops="+")}
 
 
 @dataclass
@@ -28,8 +32,10 @@ class BaseConfig:
     """The tiny demo base: tokenizer, architecture and pretraining corpus."""
     preset: str = "tiny-moe"
     vocab_size: int = 384  # BPE trained on the corpus
-    worked_frac: float = 0.25  # share of corpus solutions that think step by step
-    steps: int = 1500
+    worked_frac: float = 0.7  # share of corpus solutions that think step by step
+    choose_frac: float = 0.2  # how often the base chooses to think (its prior on the choice token)
+    bare_guess: bool = True  # bare answers are quick guesses, usually wrong, as a base model's hasty answers are
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
@@ -70,17 +76,27 @@ def build_base(task_name: str, task_kw: dict, bc: BaseConfig, log=print):
     task = get_task(task_name, split="train", **task_kw)
     rng = random.Random(bc.seed)
     n_docs = bc.steps * bc.batch_size
-    docs = []
+    docs = []  # (example, prompt, completion, worked)
     for _ in range(n_docs):
         ex = task[rng.randrange(len(task))]
         worked = rng.random() < bc.worked_frac
-        completion = task.worked_solution(ex) if worked else task.bare_solution(ex)
-        docs.append((task.prompt(ex, template="r1-zero"), " " + completion.lstrip()))
-    tok = Tokenizer.train_bpe([p + c for p, c in docs[:4000]], bc.vocab_size)
+        completion = task.worked_solution(ex) if worked else task.bare_solution(ex, guess=bc.bare_guess)
+        docs.append((ex, task.prompt(ex, template="r1-zero"), " " + completion.lstrip(), worked))
+    tok = Tokenizer.train_bpe([p + c for _, p, c, _ in docs[:4000]], bc.vocab_size)
+    # The base should know how to work step by step yet rarely choose to, as a pretrained LM rarely writes out
+    # its reasoning unprompted. So the loss on the choice token (the first one where a worked and a bare
+    # completion differ) is kept on all bare documents but only on enough worked ones to make the learnt prior
+    # `choose_frac`; every other token of every document is trained.
+    keep_choice = bc.choose_frac * (1 - bc.worked_frac) / (bc.worked_frac * (1 - bc.choose_frac))
     examples = []
-    for p, c in docs:
+    for ex, p, c, worked in docs:
         pi, ci = tok.encode(p, add_bos=True), tok.encode(c) + [tok.eos_id]
-        examples.append((pi + ci, [0] * len(pi) + [1] * len(ci)))  # loss on the completion only
+        mask = [0] * len(pi) + [1] * len(ci)  # loss on the completion only
+        if worked and rng.random() > keep_choice:
+            bare = tok.encode(" " + task.bare_solution(ex, guess=bc.bare_guess).lstrip())
+            choice = next(i for i, (a, b) in enumerate(zip(ci, bare)) if a != b)
+            mask[len(pi) + choice] = 0
+        examples.append((pi + ci, mask))
     cfg = ModelConfig.from_name(bc.preset).replace(vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id)
     model = Transformer(cfg)
     sc = SFTConfig(steps=bc.steps, batch_size=bc.batch_size, lr=bc.lr, warmup=50, seed=bc.seed)
@@ -90,7 +106,7 @@ def build_base(task_name: str, task_kw: dict, bc: BaseConfig, log=print):
             log(f"  pretrain step {step + 1}/{bc.steps} loss {st['loss']:.3f}")
 
     log(f"pretraining the tiny base ({bc.preset}, {model.num_params():,} parameters) on {n_docs:,} synthetic "
-        f"solutions, {bc.worked_frac:.0%} of them worked step by step")
+        f"solutions, {bc.worked_frac:.0%} of them worked step by step (prior to think: {bc.choose_frac:.0%})")
     train(model, examples, sc, log=show)
     save_model(model, folder)
     tok.save(folder)
@@ -138,7 +154,7 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     t_start = time.time()
     run = Path(run_dir)
     if run.exists() and any(run.iterdir()) and not resume:
-        raise ValueError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose "
+        raise R1kitError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose "
                          f"another --run-dir")
     run.mkdir(parents=True, exist_ok=True)
     if model_path:
@@ -210,7 +226,7 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
 
 def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", steps: int = 60,
          prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
-         max_new_tokens: int = 48, base_steps: int = 1500, eval_problems: int = 200, seed: int = 0,
+         max_new_tokens: int = 40, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
          resume: bool = False, ckpt_every: int = 10) -> None:
     """R1-Zero: GRPO with rule rewards (accuracy + format) on a base model, with held-out pass@1 before and after.
 
@@ -222,7 +238,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         steps: GRPO steps.
         prompts_per_step: questions per step (B).
         group_size: samples per question (G).
-        lr: learning rate; 0 = 2e-3 for the tiny base, 3e-6 (the paper's) for a real model.
+        lr: learning rate; 0 = 3e-4 for the tiny base, 3e-6 (the paper's) for a real model.
         beta: k3 KL coefficient.
         max_new_tokens: completion length limit.
         base_steps: pretraining steps of the tiny base.
@@ -231,8 +247,8 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         resume: continue the run in run_dir from its last checkpoint.
         ckpt_every: steps between checkpoints.
     """
-    task_kw = {"path": data} if data else {}
+    task_kw = {"path": data} if data else DEMO_TASKS.get(task, {})
     gc = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                    lr=lr or (3e-6 if model else 2e-3), beta=beta, max_new_tokens=max_new_tokens, seed=seed)
+                    lr=lr or (3e-6 if model else 3e-4), beta=beta, max_new_tokens=max_new_tokens, seed=seed)
     run_zero(run_dir, model or None, task, task_kw, gc, BaseConfig(steps=base_steps, seed=seed),
              EvalConfig(problems=eval_problems), resume=resume, ckpt_every=ckpt_every)

@@ -26,11 +26,13 @@ $(DEVSTAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The main job: R1-Zero on a 2-core CPU (pretrain or reuse the tiny base, GRPO, held-out pass@1 before/after).
 demo: $(STAMP)
-	$(BIN)/r1kit demo
+	$(BIN)/r1kit zero --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# pytest exits 5 when it collects nothing (e.g. every test deselected by a marker): that is not a failure.
 test: $(DEVSTAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,159 @@
+"""KV caches the engine hands to the model, and the prefix cache.
+
+The slot caches are preallocated for (max_batch, max_seq) and addressed by position: row b of the cache is slot b,
+one sequence, and token t of a forward is written at `pos[b, t]`. Before each forward the engine `bind`s the rows
+the batch covers (a contiguous range, so reads are views), the write positions, and how many positions attention
+reads (the longest live sequence in eager mode; all of max_seq for the static-shape compiled step). What lies past
+a row's own length is hidden by the engine's attention mask, so rows of different lengths share one forward.
+
+  SlotKVCache      dense models: `update(layer, k, v)`, k/v (B, Hkv, T, hd) after RoPE.
+  SlotLatentCache  MLA (DeepSeek-V3): `update_latent(layer, c_kv, k_pe)`, the normalised latent (B, T, rank) and the
+                   post-RoPE shared key (B, T, rope): 576 values per token and layer for V3 instead of 40,960
+                   (architecture.md 3.5); the model's absorbed decode path attends to them directly.
+  PrefixCache      block-granular, hash-chained store of prompt-prefix KV with LRU eviction under a byte cap.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+
+class SlotCache:
+    """Common part: a list of `streams`, each (n_layers, max_batch, ...) with the position axis at `seq_dim`."""
+
+    seq_dim: int  # position axis of each stream tensor
+
+    def __init__(self, streams: list[torch.Tensor]):
+        self.streams = streams
+        self.max_batch, self.max_seq = streams[0].shape[1], streams[0].shape[self.seq_dim]
+        self.rows, self.row_idx, self.pos, self.length = slice(0, 1), None, None, 0
+
+    def bind(self, rows: slice, pos: torch.Tensor, length: int) -> None:
+        """Set the next forward's rows (a slice of slots), positions pos (B, T) to write, and read length."""
+        self.rows, self.pos, self.length = rows, pos, length
+        self.row_idx = torch.arange(rows.start, rows.stop, device=pos.device)[:, None]  # (B, 1)
+
+    def _write_read(self, layer: int, new: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Write each new (B, T, ...) tensor at (row, pos) of its stream; return the (B, length, ...) views."""
+        out = []
+        for s, x in zip(self.streams, new):
+            s = s[layer]  # (max_batch, ...)
+            s[self.row_idx, self.pos] = x  # index_put_: row_idx (B, 1) and pos (B, T) broadcast to (B, T)
+            out.append(s[self.rows, :self.length])
+        return out
+
+    # -- whole-row operations, for the prefix cache and the G-sample fan-out ---------------------------------------
+    def read(self, row: int, start: int, stop: int) -> list[torch.Tensor]:
+        """Copies of positions [start, stop) of one row, every layer: each (n_layers, stop - start, ...)."""
+        return [s[:, row, start:stop].clone() for s in self.streams]
+
+    def write(self, row: int, start: int, blocks: list[torch.Tensor]) -> None:
+        for s, b in zip(self.streams, blocks):
+            s[:, row, start:start + b.shape[1]] = b
+
+    def copy_row(self, src: int, dst: int, n: int) -> None:
+        """Copy the first n positions of slot src to slot dst (prefill once, fan out)."""
+        for s in self.streams:
+            s[:, dst, :n] = s[:, src, :n]
+
+
+class SlotKVCache(SlotCache):
+    """Dense K/V, stored (n_layers, max_batch, max_seq, Hkv, hd): the position axis next to the batch axis lets one
+    index_put_ write every row's token, and a row's prefix is one contiguous block to copy."""
+
+    seq_dim = 2
+
+    def __init__(self, n_layers, max_batch, max_seq, n_kv, head_dim, dtype, device):
+        shape = (n_layers, max_batch, max_seq, n_kv, head_dim)
+        super().__init__([torch.zeros(shape, dtype=dtype, device=device) for _ in range(2)])
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """k, v (B, Hkv, T, hd) -> the cached (B, Hkv, length, hd) keys and values, this forward's included."""
+        k, v = self._write_read(layer, [k.transpose(1, 2), v.transpose(1, 2)])
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+
+class SlotLatentCache(SlotCache):
+    """MLA latents (n_layers, max_batch, max_seq, rank) and RoPE keys (.., rope)."""
+
+    seq_dim = 2
+
+    def __init__(self, n_layers, max_batch, max_seq, rank, rope_dim, dtype, device):
+        shape = (n_layers, max_batch, max_seq)
+        super().__init__([torch.zeros(*shape, d, dtype=dtype, device=device) for d in (rank, rope_dim)])
+
+    def update_latent(self, layer: int, c_kv: torch.Tensor, k_pe: torch.Tensor):
+        """c_kv (B, T, rank), k_pe (B, T, rope) -> cached (B, length, rank), (B, length, rope)."""
+        c, pe = self._write_read(layer, [c_kv, k_pe])
+        return c, pe
+
+
+def make_slot_cache(cfg, max_batch: int, max_seq: int, dtype, device) -> SlotCache:
+    if cfg.mla:
+        return SlotLatentCache(cfg.n_layers, max_batch, max_seq, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype, device)
+    return SlotKVCache(cfg.n_layers, max_batch, max_seq, cfg.n_kv_heads, cfg.head_dim, dtype, device)
+
+
+class PrefixCache:
+    """Prompt-prefix KV reused across requests, in blocks of `block_size` tokens.
+
+    Block i of a prompt is keyed by (id of block i-1's entry, the block's token ids), so a hit means the whole prefix
+    up to that block matches token for token (a chain of exact keys: no hash collision can alias two prompts). Only
+    whole blocks from token 0 hit, as DeepSeek's context cache (64-token units, architecture.md 8.5). Entries are
+    evicted least recently used first once the stored bytes pass `max_bytes`; a lookup touches a chain leaf-first so
+    parents stay more recent than their children and are evicted after them.
+    """
+
+    def __init__(self, block_size: int = 64, max_bytes: int = 1 << 30):
+        self.block_size, self.max_bytes = block_size, max_bytes
+        self.entries: OrderedDict[tuple, tuple[int, list[torch.Tensor]]] = OrderedDict()  # key -> (id, tensors)
+        self.bytes, self._next_id = 0, 1
+
+    def _keys(self, ids: list[int], n_blocks: int):
+        parent = 0
+        for i in range(n_blocks):
+            key = (parent, tuple(ids[i * self.block_size:(i + 1) * self.block_size]))
+            entry = self.entries.get(key)
+            yield key, entry
+            if entry is None:
+                return
+            parent = entry[0]
+
+    def lookup(self, ids: list[int], max_tokens: int) -> list[list[torch.Tensor]]:
+        """The stored blocks of the longest cached prefix of `ids` no longer than max_tokens, in order."""
+        found = [(k, e) for k, e in self._keys(ids, max_tokens // self.block_size) if e is not None]
+        for key, _ in reversed(found):
+            self.entries.move_to_end(key)
+        return [e[1] for _, e in found]
+
+    def insert(self, ids: list[int], n_tokens: int, read_block) -> None:
+        """Store the whole blocks of ids[:n_tokens] that are missing; read_block(i) returns block i's tensors."""
+        parent = 0
+        for i in range(n_tokens // self.block_size):
+            key = (parent, tuple(ids[i * self.block_size:(i + 1) * self.block_size]))
+            entry = self.entries.get(key)
+            if entry is None:
+                tensors = read_block(i)
+                size = sum(t.numel() * t.element_size() for t in tensors)
+                if size > self.max_bytes:
+                    return
+                entry = (self._next_id, tensors)
+                self._next_id += 1
+                self.entries[key] = entry
+                self.bytes += size
+                self._evict(keep=key)
+                if key not in self.entries:
+                    return
+            parent = entry[0]
+
+    def _evict(self, keep) -> None:
+        while self.bytes > self.max_bytes and self.entries:
+            key, (_, tensors) = self.entries.popitem(last=False)
+            self.bytes -= sum(t.numel() * t.element_size() for t in tensors)
+            if key == keep:
+                return
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0

@@ -1,0 +1,126 @@
+"""Sampling parameters and the batched, on-device sampler.
+
+Each row of a batch has its own parameters and its own seeded `torch.Generator`, so a request's samples do not
+depend on what else is in the batch. Sampling is an exponential race, `argmax(probs / E)` with E ~ Exponential(1)
+(gpt-fast `multinomial_sample_one_no_sync`, DeepSeek-V3 `sample`): an exact categorical sample with no host sync,
+unlike `torch.multinomial`.
+
+Two log-probs come back for every sampled token:
+  - `logprob`: log-softmax of the RAW logits, i.e. the policy's log-probability at temperature 1 with no
+    truncation. This is what GRPO's importance ratio and KL need (the trainer recomputes exactly this quantity), so
+    it is the one `Result.logprobs` carries.
+  - `sample_logprob`: the log-probability under the distribution actually sampled from (temperature, top-k, top-p,
+    min-p applied); 0.0 for greedy rows. Cheap, and useful for off-policy corrections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1kit.errors import R1kitError
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one request. temperature 0 = greedy; top_k 0, top_p 1 and min_p 0 switch those filters off.
+
+    Filters apply in the order temperature -> top-k -> top-p -> min-p (vLLM's and transformers' order). Stopping:
+    at any id of `stop_token_ids`, at the model's eos unless `ignore_eos`, when the decoded completion contains any
+    string of `stop` (needs an engine with a tokenizer), or after `max_new_tokens` ("length"). The stopping token is
+    kept in the output. `seed` makes the samples reproducible; a group of n samples uses seeds seed, seed+1, ...
+    """
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        self.stop_token_ids = tuple(self.stop_token_ids)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            raise R1kitError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise R1kitError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise R1kitError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise R1kitError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise R1kitError(f"min_p must be in [0, 1), got {self.min_p}")
+        if any(not s for s in self.stop):
+            raise R1kitError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def filter_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+                  kmax: int, use_top_p: bool, use_min_p: bool) -> torch.Tensor:
+    """Mask (to -inf) the tokens each row's top-k / top-p / min-p filters drop. scaled (B, V) temperature-scaled
+    logits; top_k (B,) long (0 = off), top_p (B,), min_p (B,). kmax (the largest top_k, 0 = none) and the use_*
+    flags come from the host, so a batch that uses no filter pays for no sort and nothing syncs."""
+    neg = float("-inf")
+    if kmax:
+        vals = scaled.topk(min(kmax, scaled.shape[-1]), dim=-1).values  # (B, kmax)
+        kth = vals.gather(1, (top_k.clamp(1, vals.shape[-1]) - 1)[:, None])  # (B, 1): each row's k-th largest
+        kth = torch.where(top_k[:, None] > 0, kth, neg)
+        scaled = scaled.masked_fill(scaled < kth, neg)
+    if use_top_p:
+        srt, idx = scaled.sort(dim=-1, descending=True)  # (B, V)
+        p = srt.softmax(-1)
+        # drop a token when the tokens ranked above it already cover top_p; the top token always stays
+        drop = (p.cumsum(-1) - p) >= top_p[:, None]
+        scaled = scaled.scatter(1, idx, srt.masked_fill(drop, neg))
+    if use_min_p:
+        p = scaled.softmax(-1)
+        scaled = scaled.masked_fill(p < min_p[:, None] * p.amax(-1, keepdim=True), neg)
+    return scaled
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           min_p: torch.Tensor, noise: torch.Tensor | None, flags: tuple[int, bool, bool, bool]):
+    """Sample one token per row.
+
+    Args:
+        logits: (B, V) raw model logits (any dtype; computed in fp32).
+        temperature, top_p, min_p: (B,) float; top_k: (B,) long. Rows with temperature 0 take the argmax.
+        noise: (B, V) Exponential(1) draws from each row's generator, or None when every row is greedy.
+        flags: host-side (largest top_k or 0, any top_p < 1, any min_p > 0) over the rows that sample, and
+            whether any row is greedy.
+    Returns:
+        tokens (B,) long, logprobs (B,) fp32 under the raw logits, sample_logprobs (B,) fp32 under the sampling
+        distribution (0 for greedy rows).
+    """
+    logits = logits.float()
+    if noise is None:
+        tok = logits.argmax(-1)
+        slp = torch.zeros_like(temperature)
+    else:
+        greedy = temperature == 0
+        scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+        scaled = filter_logits(scaled, top_k, top_p, min_p, *flags[:3])
+        lse = scaled.logsumexp(-1, keepdim=True)  # (B, 1)
+        # exponential race: argmax(p / E) is a categorical draw (E > 0 always, see exponential_)
+        tok = ((scaled - lse).exp_() / noise).argmax(-1)
+        if flags[3]:  # some rows are greedy
+            tok = torch.where(greedy, logits.argmax(-1), tok)
+        slp = torch.where(greedy, 0.0, (scaled.gather(1, tok[:, None]) - lse)[:, 0])
+    # log-softmax at the sampled token only: logits[tok] - logsumexp(logits), the policy at temperature 1
+    logp = logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)
+    return tok, logp, slp
+
+
+def exponential_(out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fill out with Exponential(1) draws as -log(U), U in [0, 1): on CPU uniform_ is ~7x faster than
+    Tensor.exponential_. E is never 0 (U < 1), so p / E is never 0/0; U = 0 gives E = inf, a draw that never wins."""
+    return out.uniform_(generator=generator).log_().neg_()

@@ -22,9 +22,9 @@ from r1kit.errors import R1kitError
 from r1kit.rl.grpo import GRPOConfig, grpo_step
 
 DEMO_BASE_CACHE = Path(".cache/r1kit")
-# The demo task: sums of 3-5 digits. A tiny model can learn each step of the scratchpad ("4+3=7 7+1=8") far more
+# The demo task: sums of 3-4 digits. A tiny model can learn each step of the scratchpad ("4+3=7 7+1=8") far more
 # reliably than the whole sum at once, so thinking pays.
-DEMO_TASKS = {"arith": dict(n_terms=(3, 5), max_operand=9, ops="+")}
+DEMO_TASKS = {"arith": dict(n_terms=(3, 4), max_operand=9, ops="+")}
 
 
 @dataclass

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 
-def plot(run: Path, rows: list[dict]) -> list[str]:
+def plot(run: Path, rows: list[dict], before: dict | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -17,6 +17,9 @@ def plot(run: Path, rows: list[dict]) -> list[str]:
     names = []
     for key, label, fname in curves:
         pts = [(r["step"], r[key]) for r in rows if key in r]
+        start = {"heldout_pass@1": "pass@1", "length_mean": "length_mean", "reflection_rate": "reflection_rate"}
+        if before is not None and pts:  # step 0: the base model, measured on the full held-out set
+            pts.insert(0, (0, before[start[key]]))
         if not pts:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
@@ -33,11 +36,12 @@ def plot(run: Path, rows: list[dict]) -> list[str]:
 
 def write(run: Path, summary: dict, rows: list[dict]) -> Path:
     b, a = summary["before"], summary["after"]
-    pngs = plot(run, rows)
+    pngs = plot(run, rows, b)
     ratio = a["length_mean"] / max(b["length_mean"], 1e-9)
     lines = [
         "# R1-Zero run report", "",
-        f"{summary['steps']} GRPO steps in {summary['seconds']:.0f} s (measured by this run).", "",
+        f"{summary['steps']} GRPO steps; the whole job (base model, evaluations, GRPO) took {summary['seconds']:.0f} s,"
+        " as measured by this run. Step 0 of each curve is the base model.", "",
         "| held-out metric | base | after GRPO |", "|---|---|---|",
         f"| pass@1 | {b['pass@1']:.1%} | {a['pass@1']:.1%} |",
         f"| mean response length (tokens) | {b['length_mean']:.1f} | {a['length_mean']:.1f} ({ratio:.2f}x) |",

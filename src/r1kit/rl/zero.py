@@ -47,7 +47,7 @@ class EvalConfig:
     k: int = 4  # samples per problem; pass@1 is their mean (R1 protocol)
     temperature: float = 0.6
     top_p: float = 0.95
-    every: int = 10  # GRPO steps between held-out evaluations (on `problems // 2` problems, k=2)
+    every: int = 5  # GRPO steps between held-out evaluations (on `problems // 2` problems, k=2)
 
 
 def _examples(task, n: int, rng: random.Random):

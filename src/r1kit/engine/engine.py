@@ -92,7 +92,7 @@ class Engine:
             ~4x slower after a 3-minute compile, as every step attends over all max_seq_len positions). Eager is the
             default.
         pack_cpu_weights: run Linear layers on oneDNN-prepacked weight copies during steps (cpu_linear.py);
-            None = on for CPU fp32 models.
+            None = on for CPU fp32 models unless compiled.
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, max_seq_len: int | None = None,
@@ -125,7 +125,8 @@ class Engine:
         self.noise = torch.ones(max_batch, cfg.vocab_size, **dev)
         self.positions = torch.arange(self.max_seq, **dev)
         if pack_cpu_weights is None:
-            pack_cpu_weights = self.device.type == "cpu" and self.dtype == torch.float32 and cpu_linear.available()
+            pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
+                                and cpu_linear.available())
         self.packed = cpu_linear.PackedLinears(model, max_batch) if pack_cpu_weights else None
         self._decode = self._decode_forward
         self.compiled = compile

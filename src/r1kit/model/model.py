@@ -109,7 +109,14 @@ def attend(q, k, v, scale: float, attn_mask=None):
     """Scaled dot-product attention. q (B, H, T, D), k/v (B, Hkv, S, D). attn_mask None means causal with
     T == S; else a bool (True = attend) or additive mask broadcastable to (B, H, T, S)."""
     causal = attn_mask is None and q.shape[2] > 1
-    if k.shape[1] != q.shape[1]:  # GQA: share each kv head with n_rep query heads
+    B, H, T, D = q.shape
+    if k.shape[1] != H and T == 1:
+        # GQA decode: the rep query heads that share a kv head become rows of one query, so the cache is read in
+        # place instead of being copied rep times (a bool/additive mask (B, 1, 1, S) broadcasts over the rows).
+        y = F.scaled_dot_product_attention(q.view(B, k.shape[1], H // k.shape[1], D), k, v, attn_mask=attn_mask,
+                                           scale=scale)
+        return y.reshape(B, H, 1, D)
+    if k.shape[1] != H:  # GQA: share each kv head with n_rep query heads
         n_rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, scale=scale)

@@ -29,7 +29,8 @@ def test_run_folder_and_resume_after_kill(tmp_path):
     assert p.returncode == 0, out
     for name in ["metrics.jsonl", "report.md", "summary.json", "run.json", "response_length.png",
                  "reflection_rate.png", "heldout_accuracy.png", "checkpoint-000004/model.safetensors",
-                 "checkpoint-000004/config.json", "checkpoint-000004/trainer_state.pt"]:
+                 "checkpoint-000004/config.json", "checkpoint-000004/trainer_state.pt",
+                 "checkpoint-000004/tokenizer.json"]:
         assert (a / name).exists(), name
     assert not (a / "checkpoint-000001").exists()  # only the last 2 are kept
     assert list((a / "tb").glob("events.out.tfevents.*"))

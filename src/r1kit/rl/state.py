@@ -19,12 +19,15 @@ from r1kit.checkpoint.hf import load_state_dict, save_model, from_hf_key
 PATTERN = re.compile(r"checkpoint-(\d{6})$")
 
 
-def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, extra: dict | None = None) -> Path:
+def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, extra: dict | None = None,
+               tokenizer=None) -> Path:
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step:06d}"
     tmp = run_dir / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(policy, tmp)
+    if tokenizer is not None:  # a checkpoint is self-contained: generate, eval and serve load it as is
+        tokenizer.save(tmp)
     state = {"step": step, "optimizer": opt.state_dict(), "ref": ref.state_dict() if ref is not None else None,
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "extra": extra or {}}
     torch.save(state, tmp / "trainer_state.pt")

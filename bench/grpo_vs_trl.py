@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections import defaultdict
@@ -275,6 +276,7 @@ def main(args) -> dict:
         print(f"speedup (TRL / r1kit): {res['speedup']:.2f}x (per step pair: "
               f"{', '.join(f'{x:.2f}x' for x in pairs)})", flush=True)
     res["load_after"] = os.getloadavg()[0]
+    res["max_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # both trainers
     if args.profile:
         res["r1kit_profile"] = runner.profile(batches[-1], len(batches) + 1)
     return res

@@ -111,14 +111,16 @@ def test_decontam_flags_benchmark_overlap(tmp_path):
 
 
 def test_decontam_flags_synthetic_test_questions():
-    test = get_task("arith", split="test", size=500, lang="zh")
-    train = get_task("arith", split="train", size=2000, lang="zh")
-    index = eval_index(13, [test], files=[])
-    assert all(index.contaminated(ex.question) for ex in test)
-    assert index.contaminated(" " + test[3].question.replace(" ", "  "))  # whitespace does not hide a copy
-    assert not any(index.contaminated(ex.question) for ex in train)  # the splits are disjoint by construction
-    # with n=8, "计算 3+1+4+9" shares the 8-gram "计算 3+1+4+" with a test question: too short an n for these
-    assert any(eval_index(8, [test], files=[]).contaminated(ex.question) for ex in train)
+    test = [ex.question for ex in get_task("arith", split="test", size=300, lang="zh")]
+    train = [ex.question for ex in get_task("arith", split="train", size=800, lang="zh")]
+    index = NgramIndex(13).add_texts(test)
+    assert all(index.contaminated(q) for q in test)
+    assert index.contaminated(" " + test[3].replace(" ", "  "))  # whitespace does not hide a copy
+    assert not any(index.contaminated(q) for q in train)  # the splits are disjoint by construction
+    # with n=8, "计算 3+1+4+8" shares the 8-gram "计算 3+1+4+" with the test question "计算 3+1+4+9": a false
+    # positive, which is why sampling stages default to n=13 (short questions are then compared whole)
+    assert NgramIndex(8).add_texts(["计算 3+1+4+9"]).contaminated("计算 3+1+4+8")
+    assert not NgramIndex(13).add_texts(["计算 3+1+4+9"]).contaminated("计算 3+1+4+8")
 
 
 def test_shared_benchmarks_are_indexed_when_present():

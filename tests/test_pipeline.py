@@ -178,7 +178,8 @@ def test_encode_chat_masks_assistant_tokens_only():
     from r1kit.tokenizer import Tokenizer
 
     tok = Tokenizer.builtin()
-    msgs = [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "<think>\n1+2=3\n</think>\n\nIt is 3."},
+    msgs = [{"role": "user", "content": "1+2"},
+            {"role": "assistant", "content": "<think>\n1+2=3\n</think>\n\nIt is 3."},
             {"role": "user", "content": "and 2+2"}, {"role": "assistant", "content": "4"}]
     ex = data.encode_chat(tok, msgs)
     assert len(ex) == 2  # one example per assistant turn
@@ -287,3 +288,36 @@ def test_document_masked_packing_is_exact(preset):
     alone = torch.cat([model(torch.tensor([d])) for d in docs], dim=1)
     torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(model(packed), alone, atol=1e-3)  # naive packing attends across documents
+
+
+def test_rl_stage_resumes_mid_stage_exactly(tmp_path, tiny_model_dir, monkeypatch):
+    """Crash an RL stage after its step-2 checkpoint; the re-run resumes there and ends with the same weights."""
+    import r1kit.rl.grpo as grpo
+    from r1kit.checkpoint.hf import load_state_dict
+    from r1kit.pipeline import rl
+
+    cfg = rl.RLStageConfig(task="arith", task_kw={"n_terms": 2}, template="r1-zero", ckpt_every=2,
+                           grpo=grpo.GRPOConfig(steps=4, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-3))
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    full.mkdir(), crashed.mkdir()
+    rl.run(cfg, {"model": tiny_model_dir}, full, Ctx())
+    real_step = grpo.grpo_step
+
+    def crash_at_3(*args):
+        if args[-1] == 3:
+            raise RuntimeError("killed")
+        return real_step(*args)
+
+    monkeypatch.setattr(grpo, "grpo_step", crash_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        rl.run(cfg, {"model": tiny_model_dir}, crashed, Ctx())
+    assert (crashed / "checkpoint-000002").is_dir() and not (crashed / "model").exists()
+    monkeypatch.setattr(grpo, "grpo_step", real_step)
+    logs = []
+    rl.run(cfg, {"model": tiny_model_dir}, crashed, type("C", (), {"log": staticmethod(logs.append)})())
+    assert any("resumed from checkpoint-000002 at step 2" in s for s in logs)
+    steps = [json.loads(x)["step"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    a, b = load_state_dict(full / "model"), load_state_dict(crashed / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -7,7 +7,8 @@ Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1
   language target taken from each example's meta and the chat template's answer rule when template is r1;
 - general prompts (a `general_frac` share of each step, from the built-in chats or a jsonl): the same rewards
   without accuracy, plus `rm_weight` x the reward model's score during the last `rm_last_steps` steps.
-A reward that does not apply (language of an empty thought) adds 0, as in rewards.combine.
+A reward that does not apply (language of an empty thought) adds 0, as in rewards.combine; the per-reward logs
+average over the samples it applies to.
 
 Resume: a checkpoint (rl/state.py: policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
 sampling seeds are functions of (seed, step), so a resumed stage continues exactly where it stopped.
@@ -61,7 +62,7 @@ def make_reward_fn(cfg: RLStageConfig, rm=None):
         reasoning = [i for i in range(n) if i not in set(general)]
         total = [0.0] * n
         names = list(cfg.grpo.rewards) + (["reward_model"] if rm is not None else [])
-        per_fn = {k: [0.0] * n for k in names}  # 0.0 where a reward does not apply, for the logged means
+        per_fn = {k: [None] * n for k in names}
 
         def apply(fn, idx):
             if not idx or fn is None:
@@ -73,7 +74,7 @@ def make_reward_fn(cfg: RLStageConfig, rm=None):
             for j, i in enumerate(idx):
                 total[i] += t[j]
                 for k, v in parts.items():
-                    per_fn[k][i] = v[j] if v[j] is not None else 0.0
+                    per_fn[k][i] = v[j]
 
         apply(rule, reasoning)
         apply(general_rule, general)
@@ -83,9 +84,17 @@ def make_reward_fn(cfg: RLStageConfig, rm=None):
             for i, s in zip(general, scores):
                 total[i] += cfg.rm_weight * s
                 per_fn["reward_model"][i] = s
-        return total, per_fn
+        return total, {k: _fill(v) for k, v in per_fn.items()}
 
     return reward
+
+
+def _fill(scores: list) -> list[float]:
+    """Per-reward logs for grpo_step, which needs floats: where a reward did not apply (None), put the mean of the
+    samples where it did, so the logged mean is the mean over applicable samples (totals are not affected)."""
+    scored = [s for s in scores if s is not None]
+    mean = sum(scored) / len(scored) if scored else 0.0
+    return [mean if s is None else s for s in scores]
 
 
 def _batch(task, general: list, n: int, frac: float, rng: random.Random) -> list:

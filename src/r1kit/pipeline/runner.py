@@ -80,7 +80,7 @@ class Record:
     outputs: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
-    seconds: float = 0.0  # stage wall time, this call or the call that made it (cached)
+    seconds: float = 0.0  # stage wall time of the call that finished it (a resumed stage: the resuming call)
     eval_seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process (and reaped children) during the stage
     eval_cpu_seconds: float = 0.0
@@ -205,14 +205,13 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
                 inputs[inp] = Path(outs[name])
             rec = {"name": spec.name, "kind": spec.kind, "key": key, "status": "running",
                    "config": to_dict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
-                   "started": time.time(), "seconds_before": old.get("seconds_total", 0.0) if resumed else 0.0}
-            _write_record(folder, rec)
+                   "started": time.time()}
+            _write_record(folder, rec)  # from here a crash leaves a "running" record: the next call resumes
             log(f"[{spec.name}] {'resuming' if resumed else 'running'} {spec.kind} (key {key[:10]})")
             t0, c0 = time.time(), cpu_time()
             result = registry[spec.kind].run(cfg, inputs, folder, Context(run_dir, log, rec))
             seconds = time.time() - t0
-            rec |= {"status": "done", "seconds": seconds, "seconds_total": rec["seconds_before"] + seconds,
-                    "cpu_seconds": cpu_time() - c0,
+            rec |= {"status": "done", "seconds": seconds, "cpu_seconds": cpu_time() - c0,
                     "metrics": result.metrics,
                     "outputs": {k: os.path.relpath(_resolve(folder, v), run_dir) for k, v in result.outputs.items()}}
             _write_record(folder, rec)
@@ -234,8 +233,8 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
                 log(f"[{spec.name}] eval: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()
                                                        if isinstance(v, float)))
         records.append(Record(spec.name, spec.kind, key, status, outs, rec.get("metrics", {}), ev,
-                              rec.get("seconds_total", rec.get("seconds", 0.0)), rec.get("eval_seconds", 0.0),
-                              rec.get("cpu_seconds", 0.0), rec.get("eval_cpu_seconds", 0.0)))
+                              rec.get("seconds", 0.0), rec.get("eval_seconds", 0.0), rec.get("cpu_seconds", 0.0),
+                              rec.get("eval_cpu_seconds", 0.0)))
         if spec.name == until:
             break
     return records

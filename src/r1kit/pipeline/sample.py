@@ -82,7 +82,7 @@ def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Pa
     """Sample, judge, dedupe, decontaminate and mix; write out/NAME-vN.jsonl (+ .stats.json) -> (path, stats)."""
     from r1kit.engine.engine import Engine
     from r1kit.pipeline import data, modelio
-    from r1kit.pipeline.decontam import benchmark_files, eval_index
+    from r1kit.pipeline.decontam import eval_index
     from r1kit.pipeline.tasks import chat_examples, make_task
 
     model, tok, meta = modelio.load(model_path)

@@ -102,19 +102,23 @@ def test_chunked_prefill_and_cache_full(name):
 
 
 def test_weight_updates_reach_the_engine():
-    """An RL loop updates the model in place between rollouts: the CPU prepacked weights must follow, and the
-    model must be left untouched (trainable, plain forward) outside engine steps."""
+    """An RL loop updates the model in place between rollouts: the CPU prepacked weights and the prefix cache's KV
+    must follow (a stale prefix once made GRPO sample from a policy that no longer existed), and the model must be
+    left untouched (trainable, plain forward) outside engine steps."""
     torch.manual_seed(1)
     m = Transformer(ModelConfig.from_name("tiny")).eval()
-    eng = Engine(m, max_batch=1, prefix_cache_bytes=0)
-    p = prompt(6, 23)
-    before = eng.generate([p], GREEDY)[0].token_ids
-    assert before == oracle(m, p)
+    eng = Engine(m, max_batch=1, block_size=4)
+    p = prompt(14, 23)
+    first = eng.generate([p], GREEDY)[0]
+    assert first.token_ids == oracle(m, p) and eng.prefix.bytes > 0  # blocks of p are now cached
     with torch.no_grad():
         for w in m.parameters():
             w.mul_(1.5)  # in place, as an optimiser step
-    after = eng.generate([p], GREEDY)[0].token_ids
-    assert after == oracle(m, p) and after != before
+    r = eng.generate([p], GREEDY)[0]
+    assert r.token_ids == oracle(m, p) and r.token_ids != first.token_ids
+    assert r.cached_tokens == 0  # the old KV was dropped, not reused
+    torch.testing.assert_close(torch.tensor(r.logprobs), full_logprobs(m, p, r.token_ids), atol=1e-4, rtol=0)
+    assert eng.generate([p], GREEDY)[0].cached_tokens == 12  # and the new KV is cached again
     assert all("forward" not in mod.__dict__ for mod in m.modules())
 
 

@@ -105,6 +105,8 @@ class Engine:
         self.max_batch, self.max_seq = max_batch, min(max_seq_len or 4096, cfg.max_seq_len)
         self.cache = make_slot_cache(cfg, max_batch, self.max_seq, self.dtype, self.device)
         self.prefix = PrefixCache(block_size, prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self._params = list(model.parameters())
+        self._prefix_weights = self._weights_version()  # the weights the prefix cache's KV was computed with
         self.prefill_chunk = prefill_chunk
         eos = getattr(tokenizer, "eos_id", None)
         self.eos_id = eos if eos is not None else cfg.eos_id
@@ -230,6 +232,10 @@ class Engine:
         n = len(prompt)
         hit = 0
         if self.prefix is not None:
+            version = self._weights_version()
+            if version != self._prefix_weights:  # an optimiser step or a load changed the weights: stale KV
+                self.prefix.clear()
+                self._prefix_weights = version
             for blk in self.prefix.lookup(prompt, n - 1):  # keep >= 1 token to prefill: we need its logits
                 self.cache.write(s0, hit, blk)
                 hit += blk[0].shape[1]
@@ -252,6 +258,10 @@ class Engine:
         self.pos[slots] = n
         self.live[slots] = 1
         return self._sample_and_emit(logits.expand(len(group), -1), group, slots)
+
+    def _weights_version(self) -> tuple[int, ...]:
+        """Changes whenever a parameter is updated in place (optimiser steps, load_state_dict) or replaced."""
+        return tuple(v for p in self._params for v in (p._version, p.data_ptr()))
 
     def _decode_step(self, hi: int) -> list[Event]:
         """One forward over slot rows [0, hi) (free rows in between compute junk at position 0, unused)."""

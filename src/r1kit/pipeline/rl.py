@@ -120,8 +120,7 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     policy, tok, _ = modelio.load(inputs["model"])
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
-    # no prefix cache: its stored prompt KV would go stale after the first optimiser step (the engine does not
-    # track weight updates), and every later rollout would sample from a policy that no longer exists
+    # no prefix cache: the weights change every step, so the engine would drop it at every rollout anyway
     engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size, prefix_cache_bytes=0)
     reasoning = make_task(cfg.task, "train", **cfg.task_kw)
     general = chat_examples(cfg.general) if cfg.general_frac > 0 else []

@@ -86,8 +86,9 @@ def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int) 
         p = len(prompts[i // G])
         mask[i, p - 1:len(s) - 1] = 1.0  # targets at positions p..len-1 are the completion
     truncated = torch.tensor([r.finish_reason == "length" for r in results])
-    return Rollout(ids, mask, torch.tensor(total, dtype=torch.float), {k: torch.tensor(v, dtype=torch.float)
-                   for k, v in per_fn.items()}, texts, lengths, truncated)
+    # a reward that does not apply to a sample (None, e.g. language on a thought with no words) is logged as NaN
+    per_fn = {k: torch.tensor([float("nan") if x is None else x for x in v]) for k, v in per_fn.items()}
+    return Rollout(ids, mask, torch.tensor(total, dtype=torch.float), per_fn, texts, lengths, truncated)
 
 
 def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRPOConfig, step: int) -> dict:
@@ -133,9 +134,9 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
     n_tokens = int(ro.lengths.sum())
     stats |= {
         "reward": ro.rewards.mean().item(), "reward_std": ro.rewards.std().item(),
-        **{f"reward/{k}": v.mean().item() for k, v in ro.per_fn.items()},
-        **{f"reward/{k}_std": v.std().item() for k, v in ro.per_fn.items()},
-        "accuracy": ro.per_fn["accuracy"].mean().item() if "accuracy" in ro.per_fn else float("nan"),
+        **{f"reward/{k}": v.nanmean().item() for k, v in ro.per_fn.items()},  # over the samples it applies to
+        **{f"reward/{k}_std": v[~v.isnan()].std().item() for k, v in ro.per_fn.items()},
+        "accuracy": ro.per_fn["accuracy"].nanmean().item() if "accuracy" in ro.per_fn else float("nan"),
         "length_mean": ro.lengths.float().mean().item(), "length_max": int(ro.lengths.max()),
         "truncated": ro.truncated.float().mean().item(), "frac_reward_zero_std": zero.float().mean().item(),
         "reflection_rate": sum(map(reflection_rate, ro.texts)) / len(ro.texts),

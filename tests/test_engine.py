@@ -201,17 +201,28 @@ def test_filter_logits_keeps_the_right_tokens():
                              [True, True, True, False]]  # p >= 0.4 * 0.4
 
 
-def test_exponential_race_samples_the_softmax():
+def test_inverse_cdf_samples_the_softmax():
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     N = 40000
     logits = probs.log().expand(N, -1)
-    g = torch.Generator().manual_seed(0)
-    noise = torch.empty(N, 4).uniform_(generator=g).log_().neg_()
+    u = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ones, zeros = torch.ones(N), torch.zeros(N)
-    tok, lp, slp = sample(logits, ones, zeros.long(), ones, zeros, noise, (0, False, False, False))
+    tok, lp, slp = sample(logits, ones, zeros.long(), ones, zeros, u, (0, False, False, False))
     freq = torch.bincount(tok, minlength=4).float() / N
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 4 sigma is ~0.01 at N=40000
     torch.testing.assert_close(lp, probs.log()[tok])
+    torch.testing.assert_close(slp, lp)  # temperature 1, no filter: the same distribution
+
+
+def test_filtered_tokens_are_never_sampled_even_at_the_ends_of_u():
+    """U = 0 and the largest double below 1 land on the first and last tokens that survive the filter."""
+    logits = torch.tensor([[-1.0, 2.0, 0.5, 1.0, -3.0]]).expand(4, -1)
+    u = torch.tensor([0.0, 1 - 2.0 ** -53, 0.0, 1 - 2.0 ** -53], dtype=torch.float64)
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    top_k = torch.tensor([2, 2, 0, 0])
+    tok, _, slp = sample(logits, ones, top_k, ones, zeros, u, (2, False, False, False))
+    assert tok.tolist() == [1, 3, 0, 4]  # top-2 keeps ids 1 and 3; unfiltered rows reach both ends
+    assert torch.isfinite(slp).all()
 
 
 # --------------------------------------------------------------------------------------------------------------

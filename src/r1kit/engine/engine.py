@@ -28,7 +28,7 @@ import torch
 
 from r1kit.engine import cpu_linear
 from r1kit.engine.cache import PrefixCache, make_slot_cache
-from r1kit.engine.sampling import SamplingParams, exponential_, sample
+from r1kit.engine.sampling import SamplingParams, sample
 from r1kit.errors import R1kitError
 
 
@@ -124,7 +124,6 @@ class Engine:
         self.top_p = torch.ones(max_batch, **dev)
         self.min_p = torch.zeros(max_batch, **dev)
         self.top_k = torch.zeros(max_batch, dtype=torch.long, **dev)
-        self.noise = torch.ones(max_batch, cfg.vocab_size, **dev)
         self.positions = torch.arange(self.max_seq, **dev)
         if pack_cpu_weights is None:
             pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
@@ -289,18 +288,19 @@ class Engine:
     def _sample_and_emit(self, logits: torch.Tensor, reqs: list[_Request], slots) -> list[Event]:
         """Sample rows of logits (B, V) for requests reqs in cache slots `slots`; append, check stops, emit."""
         sampling = [i for i, r in enumerate(reqs) if not r.params.greedy]
-        noise = None
+        uniform = None
         if sampling:
-            noise = self.noise[: len(reqs)]
-            for i in sampling:  # each request draws from its own generator: batch-independent samples
-                exponential_(noise[i], reqs[i].generator)
+            # each request draws from its own generator: batch-independent samples (greedy rows ignore theirs)
+            uniform = torch.zeros(len(reqs), dtype=torch.float64, device=self.device)
+            for i in sampling:
+                uniform[i] = torch.rand((), generator=reqs[i].generator, dtype=torch.float64, device=self.device)
             ps = [reqs[i].params for i in sampling]
             flags = (max(p.top_k for p in ps), any(p.top_p < 1 for p in ps), any(p.min_p > 0 for p in ps),
                      len(sampling) < len(reqs))
         else:
             flags = (0, False, False, True)
         tok, lp, slp = sample(logits, self.temp[slots], self.top_k[slots], self.top_p[slots], self.min_p[slots],
-                              noise, flags)
+                              uniform, flags)
         self.tok[slots] = tok
         host = torch.stack([tok.double(), lp.double(), slp.double()], 1).tolist()  # the step's one host sync
         events = []

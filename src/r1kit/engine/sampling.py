@@ -1,9 +1,11 @@
 """Sampling parameters and the batched, on-device sampler.
 
 Each row of a batch has its own parameters and its own seeded `torch.Generator`, so a request's samples do not
-depend on what else is in the batch. Sampling is an exponential race, `argmax(probs / E)` with E ~ Exponential(1)
-(gpt-fast `multinomial_sample_one_no_sync`, DeepSeek-V3 `sample`): an exact categorical sample with no host sync,
-unlike `torch.multinomial`.
+depend on what else is in the batch. Sampling inverts the CDF: one uniform U per row from the row's generator, then
+the first token whose cumulative probability (summed in fp64) exceeds U times the total. That is an exact
+categorical draw with no host sync (unlike `torch.multinomial`), and it reads the vocabulary far fewer times than
+an exponential race `argmax(p / E)`, which needs a vocabulary of noise per row (SmolLM2, 16 rows x 49k vocab on one
+CPU core: 10.0 -> 3.4 ms per step).
 
 Two log-probs come back for every sampled token:
   - `logprob`: log-softmax of the RAW logits, i.e. the policy's log-probability at temperature 1 with no
@@ -88,13 +90,13 @@ def filter_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-           min_p: torch.Tensor, noise: torch.Tensor | None, flags: tuple[int, bool, bool, bool]):
+           min_p: torch.Tensor, uniform: torch.Tensor | None, flags: tuple[int, bool, bool, bool]):
     """Sample one token per row.
 
     Args:
         logits: (B, V) raw model logits (any dtype; computed in fp32).
         temperature, top_p, min_p: (B,) float; top_k: (B,) long. Rows with temperature 0 take the argmax.
-        noise: (B, V) Exponential(1) draws from each row's generator, or None when every row is greedy.
+        uniform: (B,) fp64 draws from U[0, 1), one from each row's generator, or None when every row is greedy.
         flags: host-side (largest top_k or 0, any top_p < 1, any min_p > 0) over the rows that sample, and
             whether any row is greedy.
     Returns:
@@ -102,25 +104,23 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
         distribution (0 for greedy rows).
     """
     logits = logits.float()
-    if noise is None:
+    if uniform is None:
         tok = logits.argmax(-1)
         slp = torch.zeros_like(temperature)
     else:
         greedy = temperature == 0
         scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
         scaled = filter_logits(scaled, top_k, top_p, min_p, *flags[:3])
-        lse = scaled.logsumexp(-1, keepdim=True)  # (B, 1)
-        # exponential race: argmax(p / E) is a categorical draw (E > 0 always, see exponential_)
-        tok = ((scaled - lse).exp_() / noise).argmax(-1)
+        m = scaled.amax(-1, keepdim=True)  # (B, 1)
+        cdf = (scaled - m).exp_().double().cumsum_(-1)  # (B, V), unnormalised; filtered tokens add exactly 0
+        total = cdf[:, -1:]
+        # u < total strictly, so the first cdf entry above u belongs to a token of probability > 0
+        u = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
+        tok = torch.searchsorted(cdf, u, right=True)[:, 0]
         if flags[3]:  # some rows are greedy
             tok = torch.where(greedy, logits.argmax(-1), tok)
-        slp = torch.where(greedy, 0.0, (scaled.gather(1, tok[:, None]) - lse)[:, 0])
+        lse = (m + total.log().float())[:, 0]
+        slp = torch.where(greedy, 0.0, scaled.gather(1, tok[:, None])[:, 0] - lse)
     # log-softmax at the sampled token only: logits[tok] - logsumexp(logits), the policy at temperature 1
     logp = logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)
     return tok, logp, slp
-
-
-def exponential_(out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Fill out with Exponential(1) draws as -log(U), U in [0, 1): on CPU uniform_ is ~7x faster than
-    Tensor.exponential_. E is never 0 (U < 1), so p / E is never 0/0; U = 0 gives E = inf, a draw that never wins."""
-    return out.uniform_(generator=generator).log_().neg_()

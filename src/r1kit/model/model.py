@@ -135,11 +135,16 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=False)
         self.scale = self.hd ** -0.5
 
+    def qkv(self, x):
+        # one method, so that the CPU engine can swap in a single fused matmul (engine/cpu_linear.py)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def forward(self, x, rope, cache=None, attn_mask=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = self.qkv(x)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # the engine's cache appends k, v and hands back the whole sequence

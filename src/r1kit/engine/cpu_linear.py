@@ -8,8 +8,9 @@ gate/up of `MLP`): fewer, larger matmuls stream the weights faster (SmolLM2's 30
 
 The model is never modified for good (it stays the trainable model the RL loop updates): `PackedLinears.active()`
 swaps the forwards only for the duration of an engine step, and a packed weight is rebuilt whenever the version
-counter of a part moves (an optimiser step updates weights in place), so packed copies are never stale. Cost: one
-packed copy of the Linear weights.
+counter of a part moves (an optimiser step updates weights in place), so packed copies are never stale. Cost: a
+blocked copy of the Linear weights, an (in, out) copy of the wide ones once a batch-1 step has used them, and the
+concatenated weights of fused groups (kept to rebuild either layout).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class PackedLinears:
         from r1kit.model.model import MLP, Attention
 
         self.batch_hint = batch_hint  # rows the blocked layout is tuned for; any row count works
-        self.packed: dict[tuple[nn.Linear, ...], tuple[tuple, torch.Tensor, torch.Tensor | None]] = {}
+        self.packed: dict[tuple[nn.Linear, ...], list] = {}  # parts -> [key, weight, bias, blocked, transposed]
         self.patches: dict[tuple[nn.Module, str], object] = {}  # (module, method name) -> replacement
         fused: set[nn.Linear] = set()
         for m in model.modules():
@@ -44,7 +45,12 @@ class PackedLinears:
                 self.patches[m, "forward"] = self._linear(m)
 
     def _linear(self, *parts: nn.Linear):
-        """x -> x @ cat(weights).T + cat(biases), on a packed copy rebuilt when any part changes."""
+        """x -> x @ cat(weights).T + cat(biases), on packed copies rebuilt when any part changes."""
+        out_features, in_features = sum(p.out_features for p in parts), parts[0].in_features
+        # one row (batch-1 decode) through a weight wider than tall: a plain (in, out) copy streams ~1.5-1.7x faster
+        # than oneDNN's blocked layout (SmolLM2's head 15 -> 26 GB/s); at 2+ rows the blocked layout wins
+        gemv = out_features >= in_features
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             key = tuple((t._version, t.data_ptr()) for p in parts for t in (p.weight, p.bias) if t is not None)
             entry = self.packed.get(parts)
@@ -53,8 +59,15 @@ class PackedLinears:
                 b = None
                 if parts[0].bias is not None:
                     b = torch.cat([p.bias.detach() for p in parts]) if len(parts) > 1 else parts[0].bias.detach()
-                entry = self.packed[parts] = (key, torch.ops.mkldnn._reorder_linear_weight(w, self.batch_hint), b)
-            return torch.ops.mkldnn._linear_pointwise(x, entry[1], entry[2], "none", [], "")
+                entry = self.packed[parts] = [key, w, b, None, None]  # key, weight, bias, blocked, (in, out)
+            if gemv and x.numel() == in_features:
+                if entry[4] is None:
+                    entry[4] = entry[1].t().contiguous()
+                y = x.reshape(1, in_features) @ entry[4]
+                return (y if entry[2] is None else y + entry[2]).view(*x.shape[:-1], out_features)
+            if entry[3] is None:
+                entry[3] = torch.ops.mkldnn._reorder_linear_weight(entry[1], self.batch_hint)
+            return torch.ops.mkldnn._linear_pointwise(x, entry[3], entry[2], "none", [], "")
         forward.sizes = [p.out_features for p in parts]
         return forward
 

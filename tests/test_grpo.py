@@ -35,3 +35,18 @@ def test_grpo_step_logs_rewards_that_skip_samples():
     stats = grpo_step(policy, ref, engine, opt, tok, [task[0], task[1]], task, reward_fn, gc, step=0)
     assert stats["reward/language"] == 1.0 and math.isfinite(stats["reward"])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # the step trained
+
+
+def test_token_logp_from_a_start_position_is_exact():
+    """GRPO asks for log-probs from the first completion target on; earlier positions come back as 0."""
+    from r1kit.rl.grpo import token_logp
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny"))
+    ids = torch.cat([torch.randint(0, 100, (1, 18)).expand(4, -1), torch.randint(0, 100, (4, 6))], dim=1)
+    full, full_ent = token_logp(model, ids, with_entropy=True)
+    part, part_ent = token_logp(model, ids, with_entropy=True, start=20)
+    assert part.shape == full.shape == (4, 23)
+    torch.testing.assert_close(part[:, 20:], full[:, 20:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(part_ent[:, 20:], full_ent[:, 20:], atol=1e-5, rtol=0)
+    assert not part[:, :20].any() and full[:, :20].any()

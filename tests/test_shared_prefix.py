@@ -32,3 +32,15 @@ def test_no_shared_prefix_falls_back():
     ids[1, 0] = (ids[0, 0] + 1) % 128
     assert shared_prefix.common_prefix_len(ids) == 0
     assert torch.equal(shared_prefix.forward(model, ids), model(ids))
+
+
+@pytest.mark.parametrize("start", [0, 7, 20, 25])
+def test_start_skips_the_logits_of_early_positions(start):
+    """start < prefix, == prefix and inside the rows' own tokens: always model(ids)[:, start:]."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny-moe"))
+    ids = torch.cat([torch.randint(0, 128, (1, 20)).expand(3, -1), torch.randint(0, 128, (3, 9))], dim=1)
+    got = shared_prefix.forward(model, ids, start=start)
+    assert got.shape == (3, 29 - start, model.cfg.vocab_size)
+    assert (model(ids)[:, start:] - got).abs().max().item() < 1e-5

@@ -38,17 +38,20 @@ def common_prefix_len(ids: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-def forward(model, ids: torch.Tensor, min_prefix: int = 16) -> torch.Tensor:
-    """Logits (B, T, V) equal to `model(ids)`, computing the batch's shared prefix once when it is long enough."""
+def forward(model, ids: torch.Tensor, min_prefix: int = 16, start: int = 0) -> torch.Tensor:
+    """Logits (B, T - start, V) equal to `model(ids)[:, start:]`, computing the batch's shared prefix once when it is
+    long enough. `start` skips positions whose logits are not needed (RL: the prompt's)."""
     B, T = ids.shape
     P = min(common_prefix_len(ids), T - 1)
     if B == 1 or P < min_prefix:
-        return model(ids)
+        return model(ids, logits_from=start)
     kv = _PrefixKV()
-    head = model(ids[:1, :P], cache=kv)  # (1, P, V), causal within the prefix
+    head = model(ids[:1, :P], cache=kv, logits_from=min(start, P))  # (1, P - start, V), causal within the prefix
     kv.recording = False
     pos = torch.arange(P, T, device=ids.device)
     # row token i (absolute position P+i) sees the whole prefix and its own tokens up to i
     mask = torch.arange(T, device=ids.device)[None, :] <= pos[:, None]  # (T-P, T) bool
-    tail = model(ids[:, P:], positions=pos, cache=kv, attn_mask=mask)  # (B, T-P, V)
+    tail = model(ids[:, P:], positions=pos, cache=kv, attn_mask=mask, logits_from=max(0, start - P))
+    if start >= P:
+        return tail
     return torch.cat([head.expand(B, -1, -1), tail], dim=1)

@@ -215,8 +215,10 @@ class Transformer(nn.Module):
         return rope_cos_sin(self.inv_freq, self.rope_scale, positions, dtype)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, positions=None, cache=None,
-                attn_mask=None, reduction: str = "mean", last_only: bool = False, mtp_weight: float = 0.0):
-        """ids (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
+                attn_mask=None, reduction: str = "mean", last_only: bool = False, logits_from: int = 0,
+                mtp_weight: float = 0.0):
+        """ids (B, T) -> logits (B, T, V), or (B, 1, V) with last_only, or (B, T - logits_from, V): RL needs the
+        completion's positions only, and the head over a large vocabulary is a big share of a small model's cost.
 
         With targets (B, T) (-100 = ignore) it returns the cross-entropy instead: a scalar for reduction="mean",
         or per-token (B, T) values, i.e. -log p(target), for reduction="none" (what RL needs).
@@ -234,9 +236,13 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
+        elif logits_from:
+            x = x[:, logits_from:]
         logits = self.lm_head(x)
         if targets is None:
             return logits
+        if logits_from:
+            raise ValueError("logits_from is for logits only, not with targets")
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                                reduction=reduction)
         if reduction == "none":

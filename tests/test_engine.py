@@ -9,7 +9,7 @@ import torch
 from r1kit.engine.cache import PrefixCache
 from r1kit.engine.engine import Engine, Event
 from r1kit.engine.naive import greedy
-from r1kit.engine.sampling import SamplingParams, filter_logits, sample
+from r1kit.engine.sampling import BLOCK, SamplingParams, filter_logits, inverse_cdf, sample
 from r1kit.errors import R1kitError
 from r1kit.model import ModelConfig, Transformer
 from r1kit.tokenizer import Tokenizer
@@ -223,6 +223,23 @@ def test_filtered_tokens_are_never_sampled_even_at_the_ends_of_u():
     tok, _, slp = sample(logits, ones, top_k, ones, zeros, u, (2, False, False, False))
     assert tok.tolist() == [1, 3, 0, 4]  # top-2 keeps ids 1 and 3; unfiltered rows reach both ends
     assert torch.isfinite(slp).all()
+
+
+def test_two_level_cdf_across_blocks():
+    """A vocabulary of several blocks (the last one partial) with whole blocks filtered out: U = 0 and U -> 1 land
+    on the first and last surviving tokens, and frequencies follow the probabilities."""
+    V = 3 * BLOCK + 17
+    probs = torch.zeros(V)
+    keep = torch.tensor([5, BLOCK + 3, BLOCK + 4, 3 * BLOCK + 16])  # block 2 is empty; the last token survives
+    probs[keep] = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    u = torch.tensor([0.0, 1 - 2.0 ** -53], dtype=torch.float64)
+    assert inverse_cdf(probs.expand(2, -1), u).tolist() == [5, 3 * BLOCK + 16]
+    N = 40000
+    u = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    tok = inverse_cdf(probs.expand(N, -1), u)
+    assert set(tok.unique().tolist()) <= set(keep.tolist())
+    freq = torch.bincount(tok, minlength=V)[keep].float() / N
+    torch.testing.assert_close(freq, probs[keep], atol=0.01, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -29,49 +29,54 @@ class SlotCache:
         self.max_batch, self.max_seq = streams[0].shape[1], streams[0].shape[self.seq_dim]
         self.rows, self.row_idx, self.pos, self.length = slice(0, 1), None, None, 0
 
+    def _at(self, row, seq) -> tuple:
+        """Index of (row, positions seq) in a stream's layer, every axis in between whole."""
+        return (row,) + (slice(None),) * (self.seq_dim - 2) + (seq,)
+
     def bind(self, rows: slice, pos: torch.Tensor, length: int) -> None:
         """Set the next forward's rows (a slice of slots), positions pos (B, T) to write, and read length."""
         self.rows, self.pos, self.length = rows, pos, length
         self.row_idx = torch.arange(rows.start, rows.stop, device=pos.device)[:, None]  # (B, 1)
 
     def _write_read(self, layer: int, new: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Write each new (B, T, ...) tensor at (row, pos) of its stream; return the (B, length, ...) views."""
+        """Write each new (B, T, ...) tensor at (row, pos) of its stream; return the stream's views of rows
+        [rows] and positions [0, length)."""
         out = []
         for s, x in zip(self.streams, new):
             s = s[layer]  # (max_batch, ...)
-            s[self.row_idx, self.pos] = x  # index_put_: row_idx (B, 1) and pos (B, T) broadcast to (B, T)
-            out.append(s[self.rows, :self.length])
+            s[self._at(self.row_idx, self.pos)] = x  # index_put_: row_idx (B, 1) and pos (B, T) broadcast to (B, T)
+            out.append(s[self._at(self.rows, slice(0, self.length))])
         return out
 
     # -- whole-row operations, for the prefix cache and the G-sample fan-out ---------------------------------------
     def read(self, row: int, start: int, stop: int) -> list[torch.Tensor]:
-        """Copies of positions [start, stop) of one row, every layer: each (n_layers, stop - start, ...)."""
-        return [s[:, row, start:stop].clone() for s in self.streams]
+        """Copies of positions [start, stop) of one row, every layer."""
+        return [s[(slice(None),) + self._at(row, slice(start, stop))].clone() for s in self.streams]
 
     def write(self, row: int, start: int, blocks: list[torch.Tensor]) -> None:
         for s, b in zip(self.streams, blocks):
-            s[:, row, start:start + b.shape[1]] = b
+            s[(slice(None),) + self._at(row, slice(start, start + b.shape[self.seq_dim - 1]))] = b
 
     def copy_row(self, src: int, dst: int, n: int) -> None:
         """Copy the first n positions of slot src to slot dst (prefill once, fan out)."""
         for s in self.streams:
-            s[:, dst, :n] = s[:, src, :n]
+            s[(slice(None),) + self._at(dst, slice(0, n))] = s[(slice(None),) + self._at(src, slice(0, n))]
 
 
 class SlotKVCache(SlotCache):
-    """Dense K/V, stored (n_layers, max_batch, max_seq, Hkv, hd): the position axis next to the batch axis lets one
-    index_put_ write every row's token, and a row's prefix is one contiguous block to copy."""
+    """Dense K/V, stored (n_layers, max_batch, Hkv, max_seq, hd), the layout attention reads: a decode step's keys
+    of rows [0, B) are a (B * Hkv, length, hd) view with contiguous rows, multiplied in place (model.attend)."""
 
-    seq_dim = 2
+    seq_dim = 3
 
     def __init__(self, n_layers, max_batch, max_seq, n_kv, head_dim, dtype, device):
-        shape = (n_layers, max_batch, max_seq, n_kv, head_dim)
+        shape = (n_layers, max_batch, n_kv, max_seq, head_dim)
         super().__init__([torch.zeros(shape, dtype=dtype, device=device) for _ in range(2)])
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """k, v (B, Hkv, T, hd) -> the cached (B, Hkv, length, hd) keys and values, this forward's included."""
         k, v = self._write_read(layer, [k.transpose(1, 2), v.transpose(1, 2)])
-        return k.transpose(1, 2), v.transpose(1, 2)
+        return k, v
 
 
 class SlotLatentCache(SlotCache):

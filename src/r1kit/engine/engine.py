@@ -128,6 +128,8 @@ class Engine:
             pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
                                 and cpu_linear.available())
         self.packed = cpu_linear.PackedLinears(model, max_batch) if pack_cpu_weights else None
+        if self.device.type == "cpu":
+            cpu_linear.keep_freed_memory()
         self._decode = self._decode_forward
         self.compiled = compile
         if compile:
@@ -236,7 +238,7 @@ class Engine:
                 self._prefix_weights = version
             for blk in self.prefix.lookup(prompt, n - 1):  # keep >= 1 token to prefill: we need its logits
                 self.cache.write(s0, hit, blk)
-                hit += blk[0].shape[1]
+                hit += self.prefix.block_size
         for start in range(hit, n, self.prefill_chunk):  # chunked prefill: rows attend to the cache before them
             end = min(n, start + self.prefill_chunk)
             ids = torch.tensor([prompt[start:end]], device=self.device)
@@ -267,21 +269,26 @@ class Engine:
         if self.compiled:  # static shapes: every slot, every position
             logits = self._decode(self.tok[:, None], self.pos[:, None], self.max_seq)[:hi]
         else:
-            length = max(len(r.prompt) + len(r.tokens) for r in rows if r is not None)
-            logits = self._decode(self.tok[:hi, None], self.pos[:hi, None], length)
+            lengths = [len(r.prompt) + len(r.tokens) for r in rows if r is not None]
+            # rows of one length (a fanned-out group) need no mask: free rows read junk, never used
+            logits = self._decode(self.tok[:hi, None], self.pos[:hi, None], max(lengths), min(lengths) < max(lengths))
         self.pos += self.live
         live = [r for r in rows if r is not None]
         idx = torch.tensor([r.slot for r in live], device=self.device) if len(live) < hi else slice(0, hi)
         return self._sample_and_emit(logits[idx], live, idx)
 
-    def _decode_forward(self, tok: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+    def _decode_forward(self, tok: torch.Tensor, pos: torch.Tensor, length: int, masked: bool = True):
         """tok, pos (B, 1) for slot rows [0, B) -> logits (B, V)."""
-        return self._forward(tok, slice(0, tok.shape[0]), pos, length)
+        return self._forward(tok, slice(0, tok.shape[0]), pos, length, masked)
 
-    def _forward(self, ids: torch.Tensor, rows: slice, pos: torch.Tensor, length: int) -> torch.Tensor:
-        """ids, pos (B, T) for cache rows `rows`, attending to cache positions [0, length) -> last logits (B, V)."""
+    def _forward(self, ids: torch.Tensor, rows: slice, pos: torch.Tensor, length: int, masked: bool = True):
+        """ids, pos (B, T) for cache rows `rows`, attending to cache positions [0, length) -> last logits (B, V).
+        Unmasked, every row reads all `length` positions (T == 1 only)."""
         self.cache.bind(rows, pos, length)
-        mask = self.positions[:length] <= pos[:, None, :, None]  # (B, 1, T, length): causal per row
+        mask = None
+        if masked:  # causal per row, additive: built once per step rather than converted in every layer
+            allowed = self.positions[:length] <= pos[:, None, :, None]  # (B, 1, T, length)
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, -torch.inf)
         return self.model(ids, positions=pos, cache=self.cache, attn_mask=mask, last_only=True)[:, -1]
 
     def _sample_and_emit(self, logits: torch.Tensor, reqs: list[_Request], slots) -> list[Event]:

@@ -4,8 +4,11 @@ Each row of a batch has its own parameters and its own seeded `torch.Generator`,
 depend on what else is in the batch. Sampling inverts the CDF: one uniform U per row from the row's generator, then
 the first token whose cumulative probability (summed in fp64) exceeds U times the total. That is an exact
 categorical draw with no host sync (unlike `torch.multinomial`), and it reads the vocabulary far fewer times than
-an exponential race `argmax(p / E)`, which needs a vocabulary of noise per row (SmolLM2, 16 rows x 49k vocab on one
-CPU core: 10.0 -> 3.4 ms per step).
+an exponential race `argmax(p / E)`, which needs a vocabulary of noise per row. The CDF is two-level: sums of
+256-token blocks locate U's block, and only that block is cumulated token by token (a full-vocabulary cumsum is a
+sequential pass). Probabilities come from `softmax`, whose vectorised exp is ~2x faster on CPU than `exp`/
+`logsumexp`'s. SmolLM2, 16 rows x 49k vocabulary, 2 CPU threads: 10.0 (exponential race) -> 3.4 (one-level
+inverse CDF) -> ~0.6 ms per step.
 
 Two log-probs come back for every sampled token:
   - `logprob`: log-softmax of the RAW logits, i.e. the policy's log-probability at temperature 1 with no
@@ -19,8 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from r1kit.errors import R1kitError
+
+BLOCK = 256  # tokens per block of the two-level CDF
 
 
 @dataclass
@@ -110,17 +116,29 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     else:
         greedy = temperature == 0
         scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
-        scaled = filter_logits(scaled, top_k, top_p, min_p, *flags[:3])
-        m = scaled.amax(-1, keepdim=True)  # (B, 1)
-        cdf = (scaled - m).exp_().double().cumsum_(-1)  # (B, V), unnormalised; filtered tokens add exactly 0
-        total = cdf[:, -1:]
-        # u < total strictly, so the first cdf entry above u belongs to a token of probability > 0
-        u = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
-        tok = torch.searchsorted(cdf, u, right=True)[:, 0]
+        probs = filter_logits(scaled, top_k, top_p, min_p, *flags[:3]).softmax(-1)  # filtered tokens: exactly 0
+        tok = inverse_cdf(probs, uniform)
         if flags[3]:  # some rows are greedy
             tok = torch.where(greedy, logits.argmax(-1), tok)
-        lse = (m + total.log().float())[:, 0]
-        slp = torch.where(greedy, 0.0, scaled.gather(1, tok[:, None])[:, 0] - lse)
-    # log-softmax at the sampled token only: logits[tok] - logsumexp(logits), the policy at temperature 1
-    logp = logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)
+        slp = torch.where(greedy, 0.0, probs.gather(1, tok[:, None])[:, 0].log())
+    # log-softmax at the sampled token: the policy at temperature 1
+    logp = logits.log_softmax(-1).gather(1, tok[:, None])[:, 0]
     return tok, logp, slp
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """probs (B, V) >= 0 (unnormalised is fine), uniform (B,) fp64 in [0, 1) -> tokens (B,): the first token whose
+    cumulative probability exceeds U times the total. Never a token of probability 0, even at U = 0 or U -> 1."""
+    B, V = probs.shape
+    nb = -(-V // block)
+    blocks = F.pad(probs, (0, nb * block - V)).view(B, nb, block) if V % block else probs.view(B, nb, block)
+    cb = blocks.sum(-1).double().cumsum_(-1)  # (B, nb): cumulative block sums
+    total = cb[:, -1:]
+    zero = torch.zeros_like(total)
+    u = torch.minimum(uniform[:, None] * total, total.nextafter(zero))  # (B, 1), strictly below the total
+    bi = torch.searchsorted(cb, u, right=True)  # (B, 1): a block of mass > 0, as cb[bi] > u >= cb[bi - 1]
+    before = torch.where(bi > 0, cb.gather(1, (bi - 1).clamp_(min=0)), zero)
+    within = blocks.gather(1, bi[:, :, None].expand(B, 1, block))[:, 0].double().cumsum_(-1)  # (B, block)
+    # the block's own cumsum may round differently from its sum: keep u inside it, strictly below its end
+    u = torch.minimum((u - before).clamp_(min=0), within[:, -1:].nextafter(zero))
+    return bi[:, 0] * block + torch.searchsorted(within, u, right=True)[:, 0]

@@ -107,17 +107,25 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 
 def attend(q, k, v, scale: float, attn_mask=None):
     """Scaled dot-product attention. q (B, H, T, D), k/v (B, Hkv, S, D). attn_mask None means causal with
-    T == S; else a bool (True = attend) or additive mask broadcastable to (B, H, T, S)."""
+    T == S (no mask at all when T == 1); else a bool (True = attend) or additive mask broadcastable to (B, H, T, S)."""
     causal = attn_mask is None and q.shape[2] > 1
     B, H, T, D = q.shape
-    if k.shape[1] != H and T == 1:
+    Hkv = k.shape[1]
+    if T == 1 and q.device.type == "cpu":
+        # CPU decode: two batched matmuls; the rep query heads that share a kv head are the rows of one product, so
+        # the cache is read once, in place. 1.3-2.5x faster than the CPU flash kernel at these shapes (SmolLM2,
+        # 16 rows x 150 positions: 214 -> 159 us per layer), which tiles for long queries.
+        s = torch.matmul(q.view(B, Hkv, H // Hkv, D), k.transpose(-1, -2)).mul_(scale)  # (B, Hkv, rep, S)
+        if attn_mask is not None:
+            s = s.masked_fill_(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s.add_(attn_mask)
+        return torch.matmul(s.softmax(-1), v).view(B, H, 1, v.shape[-1])
+    if Hkv != H and T == 1:
         # GQA decode: the rep query heads that share a kv head become rows of one query, so the cache is read in
         # place instead of being copied rep times (a bool/additive mask (B, 1, 1, S) broadcasts over the rows).
-        y = F.scaled_dot_product_attention(q.view(B, k.shape[1], H // k.shape[1], D), k, v, attn_mask=attn_mask,
-                                           scale=scale)
-        return y.reshape(B, H, 1, D)
-    if k.shape[1] != H:  # GQA: share each kv head with n_rep query heads
-        n_rep = q.shape[1] // k.shape[1]
+        y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k, v, attn_mask=attn_mask, scale=scale)
+        return y.reshape(B, H, 1, v.shape[-1])
+    if Hkv != H:  # GQA: share each kv head with n_rep query heads
+        n_rep = H // Hkv
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, scale=scale)
 

@@ -5,7 +5,7 @@ import torch
 
 from r1kit.engine.engine import Engine
 from r1kit.engine.naive import greedy
-from r1kit.engine.sampling import SamplingParams
+from r1kit.engine.sampling import SamplingParams, uniforms
 from r1kit.model import ModelConfig, Transformer
 
 pytestmark = pytest.mark.gpu
@@ -59,6 +59,18 @@ def test_fan_out_seeds_reproduce_on_cuda():
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert len({tuple(r.token_ids) for r in a}) > 1  # the group's samples differ from each other
     assert [r.cached_tokens for r in a] == [0, 9, 9, 9]
+
+
+def test_a_seed_samples_the_same_on_cpu_and_cuda():
+    """The random streams are a hash of (seed, position), so a seed means the same draws on any device; in fp32 the
+    samples then agree too (the logits differ by rounding only)."""
+    seed, pos = torch.arange(0, 1 << 40, 1 << 30), torch.arange(1024)
+    assert torch.equal(uniforms(seed, pos), uniforms(seed.cuda(), pos.cuda()).cpu())
+    m = cuda_model("tiny")
+    params = SamplingParams(temperature=1.0, max_new_tokens=32, seed=11)
+    on_cuda = Engine(m, max_batch=4).generate([prompt(9, 4)], params, n=4)
+    on_cpu = Engine(m.cpu(), max_batch=4).generate([prompt(9, 4)], params, n=4)
+    assert [r.token_ids for r in on_cuda] == [r.token_ids for r in on_cpu]
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "cudagraph"])

@@ -11,7 +11,7 @@ so requests of any length join and leave between decode steps. `step()` first ad
 slots: prefix-cache lookup, chunked prefill at batch 1 from the first uncached token, then for a group of n samples
 the prompt's cache row is copied to the other n-1 slots (prefill once, fan out; nanochat `Engine.generate_batch`).
 Then it runs one decode forward over the slot rows with per-row positions (B, 1) and a per-row mask (B, 1, 1, L)
-over the cache, samples every row with its own parameters and generator, and reports one event per new token.
+over the cache, samples every row with its own parameters and random stream, and reports one event per new token.
 
 Host syncs: one per step (the sampled tokens and log-probs come back together to check stop rules and stream);
 the decode inputs (last tokens, positions) stay on the device between steps.
@@ -28,7 +28,7 @@ import torch
 
 from r1kit.engine import cpu_linear
 from r1kit.engine.cache import PrefixCache, make_slot_cache
-from r1kit.engine.sampling import SamplingParams, sample
+from r1kit.engine.sampling import SamplingParams, sample, uniforms
 from r1kit.errors import R1kitError
 
 
@@ -68,7 +68,7 @@ class _Request:
     id: int
     prompt: list[int]
     params: SamplingParams
-    generator: torch.Generator | None
+    seed: int  # of the request's random stream (sampling.uniforms); unused when greedy
     stop_ids: frozenset[int]
     slot: int = -1
     cached: int = 0
@@ -123,6 +123,7 @@ class Engine:
         self.top_p = torch.ones(max_batch, **dev)
         self.min_p = torch.zeros(max_batch, **dev)
         self.top_k = torch.zeros(max_batch, dtype=torch.long, **dev)
+        self.seed = torch.zeros(max_batch, dtype=torch.long, **dev)
         self.positions = torch.arange(self.max_seq, **dev)
         if pack_cpu_weights is None:
             pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
@@ -133,7 +134,7 @@ class Engine:
         self._decode = self._decode_forward
         self.compiled = compile
         if compile:
-            for s in self.cache.streams:  # the cache is updated in place: its address must not change
+            for s in (t for stream in self.cache.streams for t in stream):  # updated in place: a fixed address
                 torch._dynamo.mark_static_address(s)
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._decode = torch.compile(self._decode_forward, mode=mode, dynamic=False)
@@ -166,14 +167,9 @@ class Engine:
         stop_ids = set(params.stop_token_ids)
         if self.eos_id is not None and not params.ignore_eos:
             stop_ids.add(self.eos_id)
-        group = []
-        for j in range(n):
-            gen = None
-            if not params.greedy:
-                gen = torch.Generator(self.device)
-                seed = params.seed + j if params.seed is not None else int(torch.randint(2**62, ()))
-                gen.manual_seed(seed)
-            group.append(_Request(next(self._ids), prompt, params, gen, frozenset(stop_ids)))
+        # any int seeds; kept below 2^62 so that seed + j fits the int64 stream state
+        seed = params.seed % (1 << 62) if params.seed is not None else int(torch.randint(1 << 62, ()))
+        group = [_Request(next(self._ids), prompt, params, seed + j, frozenset(stop_ids)) for j in range(n)]
         self.waiting.append(group)
         self.requests |= {r.id: r for r in group}
         return [r.id for r in group]
@@ -254,7 +250,7 @@ class Engine:
         for r in group:
             p = r.params
             self.temp[r.slot], self.top_p[r.slot], self.min_p[r.slot] = p.temperature, p.top_p, p.min_p
-            self.top_k[r.slot] = p.top_k
+            self.top_k[r.slot], self.seed[r.slot] = p.top_k, r.seed
         self.pos[slots] = n
         self.live[slots] = 1
         return self._sample_and_emit(logits.expand(len(group), -1), group, slots)
@@ -296,10 +292,8 @@ class Engine:
         sampling = [i for i, r in enumerate(reqs) if not r.params.greedy]
         uniform = None
         if sampling:
-            # each request draws from its own generator: batch-independent samples (greedy rows ignore theirs)
-            uniform = torch.zeros(len(reqs), dtype=torch.float64, device=self.device)
-            for i in sampling:
-                uniform[i] = torch.rand((), generator=reqs[i].generator, dtype=torch.float64, device=self.device)
+            # each row's own stream, keyed by its seed and the position of the token: batch-independent samples
+            uniform = uniforms(self.seed[slots], self.pos[slots])
             ps = [reqs[i].params for i in sampling]
             flags = (max(p.top_k for p in ps), any(p.top_p < 1 for p in ps), any(p.min_p > 0 for p in ps),
                      len(sampling) < len(reqs))

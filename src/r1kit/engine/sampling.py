@@ -1,7 +1,10 @@
 """Sampling parameters and the batched, on-device sampler.
 
-Each row of a batch has its own parameters and its own seeded `torch.Generator`, so a request's samples do not
-depend on what else is in the batch. Sampling inverts the CDF: one uniform U per row from the row's generator, then
+Each row of a batch has its own parameters and its own random stream, so a request's samples do not depend on what
+else is in the batch. The stream is counter-based: token k's uniform is a hash (SplitMix64) of (the request's seed,
+its position), computed for every row at once in int64 tensor ops on the device. Seeds then reproduce across batch
+sizes and devices, and a step costs a dozen small ops whatever the batch, where B `torch.Generator`s cost 2B kernel
+launches (Qwen2.5-1.5B at 64 rows on an H100: ~1.5 ms a step). Sampling inverts the CDF: with that uniform U, the
 the first token whose cumulative probability (summed in fp64) exceeds U times the total. That is an exact
 categorical draw with no host sync (unlike `torch.multinomial`), and it reads the vocabulary far fewer times than
 an exponential race `argmax(p / E)`, which needs a vocabulary of noise per row. The CDF is two-level: sums of
@@ -72,6 +75,30 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def _i64(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN, _M1, _M2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 (Steele et al. 2014) on int64 tensors: torch's int64 arithmetic wraps modulo 2^64 like uint64,
+    and `>>` is arithmetic, so logical shifts mask off the copied sign bits."""
+    def shr(x, k):
+        return (x >> k) & ((1 << (64 - k)) - 1)
+    z = z + _GOLDEN
+    z = (z ^ shr(z, 30)) * _M1
+    z = (z ^ shr(z, 27)) * _M2
+    return z ^ shr(z, 31)
+
+
+def uniforms(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """seed, counter (B,) int64 -> (B,) fp64 in [0, 1): a pure function of (seed, counter), the same on any device."""
+    x = _splitmix64(_splitmix64(seed) + counter)
+    return ((x >> 11) & ((1 << 53) - 1)).double() * 2.0 ** -53
+
+
 def filter_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
                   kmax: int, use_top_p: bool, use_min_p: bool) -> torch.Tensor:
     """Mask (to -inf) the tokens each row's top-k / top-p / min-p filters drop. scaled (B, V) temperature-scaled
@@ -102,7 +129,8 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     Args:
         logits: (B, V) raw model logits (any dtype; computed in fp32).
         temperature, top_p, min_p: (B,) float; top_k: (B,) long. Rows with temperature 0 take the argmax.
-        uniform: (B,) fp64 draws from U[0, 1), one from each row's generator, or None when every row is greedy.
+        uniform: (B,) fp64 draws from U[0, 1), one from each row's stream (`uniforms`), or None when every row is
+            greedy.
         flags: host-side (largest top_k or 0, any top_p < 1, any min_p > 0) over the rows that sample, and
             whether any row is greedy.
     Returns:

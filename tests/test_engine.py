@@ -247,6 +247,29 @@ def test_uniforms_are_splitmix64_of_seed_and_position():
     assert 0 <= big.min() and big.max() < 1 and abs(big.mean().item() - 0.5) < 0.02
 
 
+def test_cdf_block_sums_keep_a_tiny_tail():
+    """Block sums in fp32 would round 1 + 5e-8 down to 1 and make the block's last token unreachable."""
+    p = torch.zeros(1, BLOCK)
+    p[0, 0], p[0, -1] = 1.0, 5e-8
+    assert inverse_cdf(p, torch.tensor([1 - 2.0 ** -53], dtype=torch.float64)).item() == BLOCK - 1
+
+
+def test_a_top_p_row_does_not_truncate_its_neighbours():
+    logits = torch.randn(2, 49152, generator=torch.Generator().manual_seed(0)) * 3
+    out = filter_logits(logits, torch.zeros(2, dtype=torch.long), torch.tensor([1.0, 0.9]), torch.zeros(2),
+                        kmax=0, use_top_p=True, use_min_p=False)
+    assert torch.isfinite(out[0]).all() and not torch.isfinite(out[1]).all()
+
+
+def test_greedy_requests_leave_the_global_rng_alone():
+    eng = Engine(model("tiny"), max_batch=2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    eng.generate([prompt(5, 30)], SamplingParams(temperature=0, max_new_tokens=4))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_two_level_cdf_across_blocks():
     """A vocabulary of several blocks (the last one partial) with whole blocks filtered out: U = 0 and U -> 1 land
     on the first and last surviving tokens, and frequencies follow the probabilities."""

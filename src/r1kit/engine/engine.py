@@ -167,8 +167,12 @@ class Engine:
         stop_ids = set(params.stop_token_ids)
         if self.eos_id is not None and not params.ignore_eos:
             stop_ids.add(self.eos_id)
-        # any int seeds; kept below 2^62 so that seed + j fits the int64 stream state
-        seed = params.seed % (1 << 62) if params.seed is not None else int(torch.randint(1 << 62, ()))
+        if params.greedy:  # draws nothing: torch's global random state is the caller's (a training run's)
+            seed = 0
+        elif params.seed is None:
+            seed = int(torch.randint(1 << 62, ()))
+        else:  # any int; kept below 2^62 so that seed + j fits the int64 stream state
+            seed = params.seed % (1 << 62)
         group = [_Request(next(self._ids), prompt, params, seed + j, frozenset(stop_ids)) for j in range(n)]
         self.waiting.append(group)
         self.requests |= {r.id: r for r in group}

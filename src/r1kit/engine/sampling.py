@@ -3,15 +3,16 @@
 Each row of a batch has its own parameters and its own random stream, so a request's samples do not depend on what
 else is in the batch. The stream is counter-based: token k's uniform is a hash (SplitMix64) of (the request's seed,
 its position), computed for every row at once in int64 tensor ops on the device. Seeds then reproduce across batch
-sizes and devices, and a step costs a dozen small ops whatever the batch, where B `torch.Generator`s cost 2B kernel
-launches (Qwen2.5-1.5B at 64 rows on an H100: ~1.5 ms a step). Sampling inverts the CDF: with that uniform U, the
-the first token whose cumulative probability (summed in fp64) exceeds U times the total. That is an exact
-categorical draw with no host sync (unlike `torch.multinomial`), and it reads the vocabulary far fewer times than
-an exponential race `argmax(p / E)`, which needs a vocabulary of noise per row. The CDF is two-level: sums of
-256-token blocks locate U's block, and only that block is cumulated token by token (a full-vocabulary cumsum is a
-sequential pass). Probabilities come from `softmax`, whose vectorised exp is ~2x faster on CPU than `exp`/
-`logsumexp`'s. SmolLM2, 16 rows x 49k vocabulary, 2 CPU threads: 10.0 (exponential race) -> 3.4 (one-level
-inverse CDF) -> ~0.6 ms per step.
+sizes and devices, and a step costs a dozen small ops whatever the batch, where one `torch.Generator` per row cost
+2 kernel launches per row and step.
+
+Sampling inverts the CDF: with that uniform U, the first token whose cumulative probability (summed in fp64)
+exceeds U times the total. That is an exact categorical draw with no host sync (unlike `torch.multinomial`), and it
+reads the vocabulary far fewer times than an exponential race `argmax(p / E)`, which needs a vocabulary of noise per
+row. The CDF is two-level: sums of 256-token blocks locate U's block, and only that block is cumulated token by
+token (a full-vocabulary cumsum is a sequential pass). Probabilities come from `softmax`, whose vectorised exp is
+~2x faster on CPU than `exp`'s and `logsumexp`'s. SmolLM2, 16 rows x 49k vocabulary: exponential race 10.0 ms ->
+one-level inverse CDF 3.4 ms (one core) -> this, ~0.8 ms (2 threads, with the engine's malloc setting).
 
 Two log-probs come back for every sampled token:
   - `logprob`: log-softmax of the RAW logits, i.e. the policy's log-probability at temperature 1 with no
@@ -115,6 +116,7 @@ def filter_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
         p = srt.softmax(-1)
         # drop a token when the tokens ranked above it already cover top_p; the top token always stays
         drop = (p.cumsum(-1) - p) >= top_p[:, None]
+        drop &= (top_p < 1)[:, None]  # fp32 cumsums reach 1.0 early: rows without top-p keep their tail
         scaled = scaled.scatter(1, idx, srt.masked_fill(drop, neg))
     if use_min_p:
         p = scaled.softmax(-1)
@@ -160,7 +162,7 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = BLOCK) 
     B, V = probs.shape
     nb = -(-V // block)
     blocks = F.pad(probs, (0, nb * block - V)).view(B, nb, block) if V % block else probs.view(B, nb, block)
-    cb = blocks.sum(-1).double().cumsum_(-1)  # (B, nb): cumulative block sums
+    cb = blocks.sum(-1, dtype=torch.float64).cumsum_(-1)  # (B, nb): cumulative block sums, in fp64 like the rest
     total = cb[:, -1:]
     zero = torch.zeros_like(total)
     u = torch.minimum(uniform[:, None] * total, total.nextafter(zero))  # (B, 1), strictly below the total

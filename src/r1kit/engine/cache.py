@@ -1,10 +1,11 @@
 """KV caches the engine hands to the model, and the prefix cache.
 
-The slot caches are preallocated for (max_batch, max_seq) per layer and addressed by position: row b of the cache is slot b,
-one sequence, and token t of a forward is written at `pos[b, t]`. Before each forward the engine `bind`s the rows
-the batch covers (a contiguous range, so reads are views), the write positions, and how many positions attention
-reads (the longest live sequence in eager mode; all of max_seq for the static-shape compiled step). What lies past
-a row's own length is hidden by the engine's attention mask, so rows of different lengths share one forward.
+The slot caches are preallocated for (max_batch, max_seq) per layer and addressed by position: row b of the cache is
+slot b, one sequence, and token t of a forward is written at `pos[b, t]`. Before each forward the engine `bind`s the
+rows the batch covers (a contiguous range, so reads are views), the write positions, and how many positions
+attention reads (the longest live sequence in eager mode; all of max_seq for the static-shape compiled step). What
+lies past a row's own length is hidden by the engine's attention mask, so rows of different lengths share one
+forward.
 
   SlotKVCache      dense models: `update(layer, k, v)`, k/v (B, Hkv, T, hd) after RoPE.
   SlotLatentCache  MLA (DeepSeek-V3): `update_latent(layer, c_kv, k_pe)`, the normalised latent (B, T, rank) and the

@@ -10,8 +10,9 @@ Every request occupies one slot (a row of the cache) from admission to its last 
 so requests of any length join and leave between decode steps. `step()` first admits waiting requests into free
 slots: prefix-cache lookup, chunked prefill at batch 1 from the first uncached token, then for a group of n samples
 the prompt's cache row is copied to the other n-1 slots (prefill once, fan out; nanochat `Engine.generate_batch`).
-Then it runs one decode forward over the slot rows with per-row positions (B, 1) and a per-row mask (B, 1, 1, L)
-over the cache, samples every row with its own parameters and random stream, and reports one event per new token.
+Then it runs one decode forward over the slot rows with per-row positions (B, 1) and a per-row additive mask
+(B, 1, 1, L) over the cache (none when every row has one length, as in a fanned-out group), samples every row with
+its own parameters and random stream, and reports one event per new token.
 
 Host syncs: one per step (the sampled tokens and log-probs come back together to check stop rules and stream);
 the decode inputs (last tokens, positions) stay on the device between steps.
@@ -271,7 +272,8 @@ class Engine:
         else:
             lengths = [len(r.prompt) + len(r.tokens) for r in rows if r is not None]
             # rows of one length (a fanned-out group) need no mask: free rows read junk, never used
-            logits = self._decode(self.tok[:hi, None], self.pos[:hi, None], max(lengths), min(lengths) < max(lengths))
+            masked = min(lengths) < max(lengths)
+            logits = self._decode(self.tok[:hi, None], self.pos[:hi, None], max(lengths), masked)
         self.pos += self.live
         live = [r for r in rows if r is not None]
         idx = torch.tensor([r.slot for r in live], device=self.device) if len(live) < hi else slice(0, hi)

@@ -391,7 +391,7 @@ def test_load_for_inference_folder_and_preset(tmp_path):
     m = model("tiny")
     save_model(m, tmp_path)
     Tokenizer.builtin().save(tmp_path)
-    m2, tok = load_for_inference(str(tmp_path))
+    m2, tok = load_for_inference(str(tmp_path), device="cpu")  # CPU's default dtype is fp32 (CUDA's is bf16)
     assert tok.eos_id == 1 and next(m2.parameters()).dtype == torch.float32
     p = prompt(6, 20)
     assert Engine(m2, tok).generate([p], GREEDY)[0].token_ids[:8] == oracle(m, p, 8)

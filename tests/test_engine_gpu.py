@@ -84,3 +84,19 @@ def test_bf16_logprobs_track_the_full_forward(compile):
         ref = full_logprobs(m, p, r.token_ids)
         err = (torch.tensor(r.logprobs) - ref).abs()
         assert err.max() < 0.1 and err.mean() < 0.02, (err.max(), err.mean())
+
+
+def test_cudagraph_engine_stepped_from_a_worker_thread():
+    """The server drives the engine from its own thread (serve/app.py EngineWorker): the compiled CUDA-graph step
+    must record and replay there, and stay exact."""
+    import threading
+
+    m = cuda_model("tiny")
+    p = prompt(10, 5)
+    eng = Engine(m, max_batch=2, max_seq_len=96, compile=True)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(r=eng.generate([p, prompt(3, 6)], GREEDY)))
+    worker.start()
+    worker.join()
+    assert out["r"][0].token_ids == greedy(m, torch.tensor([p], device="cuda"), 64)
+    assert eng.generate([p], GREEDY)[0].token_ids == out["r"][0].token_ids  # and again from the main thread

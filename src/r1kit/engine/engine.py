@@ -139,6 +139,7 @@ class Engine:
                 torch._dynamo.mark_static_address(s)
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._decode = torch.compile(self._decode_forward, mode=mode, dynamic=False)
+        self._graph_tls = _cudagraph_tls() if compile and self.device.type == "cuda" else {}
 
     # ------------------------------------------------------------------------------------------------------------
     # requests
@@ -211,6 +212,9 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Event]:
         """Admit what fits, then decode one token for every running request. Returns one event per new token."""
+        for key, obj in self._graph_tls.items():  # a thread other than the creator's (the server's engine worker)
+            if not torch._C._is_key_in_tls(key):
+                torch._C._stash_obj_in_tls(key, obj)
         with self.packed.active() if self.packed else nullcontext():
             return self._step()
 
@@ -370,3 +374,14 @@ class Engine:
                 if on_token is not None:
                     on_token(ev)
         return [self.pop_result(i) for i in ids]
+
+
+def _cudagraph_tls() -> dict:
+    """The CUDA-graph trees' state in this thread's storage. Before torch 2.13 a compiled step called from another
+    Python thread failed an assertion (pytorch#123177): the state existed only in the importing thread and in the
+    threads autograd spawns. `step` hands it to the calling thread as autograd does."""
+    from torch._inductor import cudagraph_trees as ct
+    keys = ("tree_manager_containers", "tree_manager_locks")
+    if not all(hasattr(ct.local, k) or torch._C._is_key_in_tls(k) for k in keys):
+        return {}
+    return {k: ct.get_obj(ct.local, k) for k in keys}

@@ -46,11 +46,12 @@ def oracle(m, ids: list[int], n: int = 64) -> list[int]:
 
 
 def full_logprobs(m, prompt_ids: list[int], completion: list[int]) -> torch.Tensor:
-    """log p(completion[i] | prompt, completion[:i]) from one full forward."""
-    ids = torch.tensor([prompt_ids + completion])
+    """log p(completion[i] | prompt, completion[:i]) from one full forward (on the model's device; returned on CPU)."""
+    dev = next(m.parameters()).device
+    ids = torch.tensor([prompt_ids + completion], device=dev)
     with torch.no_grad():
         logp = m(ids).float().log_softmax(-1)[0, len(prompt_ids) - 1:-1]  # (len(completion), V)
-    return logp.gather(1, torch.tensor(completion)[:, None])[:, 0]
+    return logp.gather(1, torch.tensor(completion, device=dev)[:, None])[:, 0].cpu()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from r1kit.engine.engine import Engine
 from r1kit.engine.naive import greedy
 from r1kit.engine.sampling import SamplingParams, uniforms
 from r1kit.model import ModelConfig, Transformer
+from test_engine import GREEDY, full_logprobs, prompt  # the CPU tests' helpers (tests/ is on sys.path)
 
 pytestmark = pytest.mark.gpu
-GREEDY = SamplingParams(temperature=0, max_new_tokens=64)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,17 +24,6 @@ def _no_tf32():
 def cuda_model(name: str, dtype=torch.float32) -> Transformer:
     torch.manual_seed(0)
     return Transformer(ModelConfig.from_name(name)).to("cuda", dtype).eval()
-
-
-def prompt(n: int, seed: int) -> list[int]:
-    return torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def full_logprobs(m, prompt_ids: list[int], completion: list[int]) -> torch.Tensor:
-    ids = torch.tensor([prompt_ids + completion], device="cuda")
-    with torch.no_grad():
-        logp = m(ids).float().log_softmax(-1)[0, len(prompt_ids) - 1:-1]
-    return logp.gather(1, torch.tensor(completion, device="cuda")[:, None])[:, 0].cpu()
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-moe"])

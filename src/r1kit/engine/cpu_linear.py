@@ -15,6 +15,7 @@ concatenated weights of fused groups (kept to rebuild either layout).
 from __future__ import annotations
 
 import ctypes
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks of up to 32 MB in the process instead of unmapping them.
 

@@ -377,9 +377,12 @@ class Engine:
 
 
 def _cudagraph_tls() -> dict:
-    """The CUDA-graph trees' state in this thread's storage. Before torch 2.13 a compiled step called from another
-    Python thread failed an assertion (pytorch#123177): the state existed only in the importing thread and in the
-    threads autograd spawns. `step` hands it to the calling thread as autograd does."""
+    """The CUDA-graph trees' state in this thread's storage, for torch < 2.13 only. There a compiled step called from
+    another Python thread failed an assertion (pytorch#123177): the state existed only in the importing thread and in
+    the threads autograd spawns. `step` hands it to the calling thread as autograd does. 2.13 (r1kit's pin) sets the
+    state up in any thread itself."""
+    if torch.__version__ >= "2.13":
+        return {}
     from torch._inductor import cudagraph_trees as ct
     keys = ("tree_manager_containers", "tree_manager_locks")
     if not all(hasattr(ct.local, k) or torch._C._is_key_in_tls(k) for k in keys):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from r1kit.engine import cpu_linear
+from r1kit.engine import cpu
 from r1kit.engine.cache import PrefixCache, make_slot_cache
 from r1kit.engine.sampling import SamplingParams, sample, uniforms
 from r1kit.errors import R1kitError
@@ -92,8 +92,8 @@ class Engine:
             "reduce-overhead" (CUDA graphs) on CUDA, the default inductor mode on CPU (slower there: SmolLM2 decoded
             ~4x slower after a 3-minute compile, as every step attends over all max_seq_len positions). Eager is the
             default.
-        pack_cpu_weights: run Linear layers on oneDNN-prepacked weight copies during steps (cpu_linear.py);
-            None = on for CPU fp32 models unless compiled.
+        pack_cpu_weights: run Linear layers on prepacked weight copies, and decode attention on r1kit's kernel,
+            during steps (cpu.py); None = on for CPU fp32 models unless compiled.
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, max_seq_len: int | None = None,
@@ -128,10 +128,11 @@ class Engine:
         self.positions = torch.arange(self.max_seq, **dev)
         if pack_cpu_weights is None:
             pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
-                                and cpu_linear.available())
-        self.packed = cpu_linear.PackedLinears(model, max_batch) if pack_cpu_weights else None
+                                and cpu.available())
+        self.packed = cpu.PackedLinears(model, max_batch) if pack_cpu_weights else None
+        self.cache.per_row_kernel = bool(pack_cpu_weights and not cfg.mla and cpu.attention_fits(cfg.head_dim))
         if self.device.type == "cpu":
-            cpu_linear.keep_freed_memory()
+            cpu.keep_freed_memory()
         self._decode = self._decode_forward
         self.compiled = compile
         if compile:
@@ -276,7 +277,7 @@ class Engine:
         else:
             lengths = [len(r.prompt) + len(r.tokens) for r in rows if r is not None]
             # rows of one length (a fanned-out group) need no mask: free rows read junk, never used
-            masked = min(lengths) < max(lengths)
+            masked = min(lengths) < max(lengths) and not self.cache.per_row_kernel
             logits = self._decode(self.tok[:hi, None], self.pos[:hi, None], max(lengths), masked)
         self.pos += self.live
         live = [r for r in rows if r is not None]

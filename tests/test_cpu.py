@@ -11,6 +11,7 @@ from r1kit.engine.engine import Engine
 from r1kit.engine.naive import greedy
 from r1kit.engine.sampling import SamplingParams
 from r1kit.model import ModelConfig, Transformer
+from r1kit.model.model import RMSNorm, apply_rope, rope_cos_sin
 
 needs_kernels = pytest.mark.skipif(cpu.kernels() is None, reason="r1kit's CPU kernels need Linux, AVX-512 and cc")
 
@@ -32,26 +33,47 @@ def test_linear_matches_torch(rows, threads):
         torch.set_num_threads(n)
 
 
-def reference_attention(q, k, v, lengths, scale):
-    out = []
-    for b, n in enumerate(lengths.tolist()):
-        kb, vb = k[b, :, :n], v[b, :, :n]  # (Hkv, n, D)
-        rep = q.shape[1] // k.shape[1]
-        kb, vb = kb.repeat_interleave(rep, 0), vb.repeat_interleave(rep, 0)
-        out.append(F.scaled_dot_product_attention(q[b], kb, vb, scale=scale))
-    return torch.stack(out)
+@needs_kernels
+def test_swiglu_linear_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    gate, up = torch.randn(30, 20, generator=g), torch.randn(30, 20, generator=g)  # 30: a partial last block
+    for rows in (3, 16, 21):
+        x = torch.randn(rows, 20, generator=g) * 4  # gates far into silu's flat left tail too
+        y = cpu.linear(x, cpu.pack_swiglu(gate, up), None, 30, swiglu=True)
+        torch.testing.assert_close(y, F.silu(x @ gate.T) * (x @ up.T), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_rmsnorm_matches_the_model():
+    norm = RMSNorm(40, 1e-5)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 5, 40)
+    torch.testing.assert_close(cpu.rmsnorm(x, norm.weight.detach(), norm.eps), norm(x).detach())
 
 
 @needs_kernels
 @pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 16), (9, 3, 64), (8, 2, 128)])
-def test_decode_attention_matches_sdpa(heads, kv_heads, dim):
+def test_decode_attention_matches_the_model(heads, kv_heads, dim):
+    """RoPE, the cache write at each row's last position and attention over each row's own length, against the
+    model's apply_rope and SDPA."""
     g = torch.Generator().manual_seed(dim)
     B, S = 5, 70
-    k, v = torch.randn(B, kv_heads, S, dim, generator=g) * 3, torch.randn(B, kv_heads, S, dim, generator=g)
-    q = torch.randn(B, heads, 1, dim, generator=g) * 3  # large scores: the softmax's exp is tested over a wide range
+    cache_k, cache_v = torch.randn(B, kv_heads, S, dim, generator=g) * 3, torch.randn(B, kv_heads, S, dim, generator=g)
+    qkv = torch.randn(B, 1, (heads + 2 * kv_heads) * dim, generator=g) * 3  # large scores: exp over a wide range
     lengths = torch.tensor([1, 16, 17, 45, 70])
-    y = cpu.decode_attention(q, k, v, lengths, dim ** -0.5)
-    torch.testing.assert_close(y, reference_attention(q, k, v, lengths, dim ** -0.5), rtol=1e-5, atol=1e-5)
+    cos, sin = rope_cos_sin(torch.rand(dim // 2) * 0.5, 1.0, (lengths - 1)[:, None], torch.float32)  # (B, 1, D/2)
+    q, k, v = qkv.view(B, 1, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H or Hkv, 1, D)
+    want_k, want_v = cache_k.clone(), cache_v.clone()
+    want = []
+    for b, n in enumerate(lengths.tolist()):
+        want_k[b, :, n - 1], want_v[b, :, n - 1] = k[b, :, 0], v[b, :, 0]
+        kb, vb = (t[b, :, :n].repeat_interleave(heads // kv_heads, 0) for t in (want_k, want_v))
+        want.append(F.scaled_dot_product_attention(q[b], kb, vb, scale=dim ** -0.5).reshape(1, heads * dim))
+    y = cpu.decode_attention(qkv, cos, sin, cache_k, cache_v, lengths, heads, dim ** -0.5)
+    torch.testing.assert_close(y, torch.stack(want), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache_k, want_k, rtol=1e-6, atol=1e-6)
+    assert torch.equal(cache_v, want_v)
 
 
 @needs_kernels

@@ -7,8 +7,9 @@ attention reads (the longest live sequence in eager mode; all of max_seq for the
 lies past a row's own length is hidden by the engine's attention mask, so rows of different lengths share one
 forward.
 
-  SlotKVCache      dense models: `attend(layer, q, k, v, ...)` stores k/v (B, Hkv, T, hd) after RoPE and attends
-                   over the cached sequence; on CPU a decode step runs r1kit's kernel over each row's own length.
+  SlotKVCache      dense models: `update(layer, k, v)`, k/v (B, Hkv, T, hd) after RoPE. With `per_row_kernel` a
+                   decode step's `lengths` let the CPU engine's attention kernel (cpu.py) write and read the rows
+                   itself, each over its own length.
   SlotLatentCache  MLA (DeepSeek-V3): `update_latent(layer, c_kv, k_pe)`, the normalised latent (B, T, rank) and the
                    post-RoPE shared key (B, T, rope): 576 values per token and layer for V3 instead of 40,960
                    (architecture.md 3.5); the model's absorbed decode path attends to them directly.
@@ -19,9 +20,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-
-from r1kit.engine import cpu
-from r1kit.model.model import attend
 
 
 class SlotCache:
@@ -36,8 +34,8 @@ class SlotCache:
         self.streams = streams
         self.max_batch, self.max_seq = streams[0][0].shape[0], streams[0][0].shape[self.seq_dim]
         self.rows, self.row_idx, self.pos, self.length = slice(0, 1), None, None, 0
-        self.lengths = None  # (B,) int64, per row, for a decode step when `per_row_kernel`
-        self.per_row_kernel = False  # set by the engine: decode attention on cpu.decode_attention, no mask needed
+        self.per_row_kernel = False  # set by the engine: decode steps attend on cpu.decode_attention, unmasked
+        self.lengths = None  # (B,) int64: each row's length after this decode step, when per_row_kernel
 
     def _at(self, row, seq) -> tuple:
         """Index of (row, positions seq) in a layer's tensor, every axis in between whole."""
@@ -93,14 +91,6 @@ class SlotKVCache(SlotCache):
         """k, v (B, Hkv, T, hd) -> the cached (B, Hkv, length, hd) keys and values, this forward's included."""
         k, v = self._write_read(layer, [k.transpose(1, 2), v.transpose(1, 2)])
         return k, v
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, attn_mask=None):
-        """Store k, v (B, Hkv, T, hd) and attend q (B, H, T, hd) over the cached sequence -> (B, H, T, hd)."""
-        k, v = self.update(layer, k, v)
-        if self.lengths is None:
-            return attend(q, k, v, scale, attn_mask)
-        return cpu.decode_attention(q, self.streams[0][layer][self.rows], self.streams[1][layer][self.rows],
-                                    self.lengths, scale)  # each row over its own length: the mask is not needed
 
 
 class SlotLatentCache(SlotCache):

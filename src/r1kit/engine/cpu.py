@@ -78,10 +78,12 @@ def kernels() -> ctypes.CDLL | None:
     so = ctypes.CDLL(str(lib))  # its libgomp.so.1 resolves to the one torch loaded: one OpenMP thread pool
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     so.r1k_block.argtypes = []
-    so.r1k_linear.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int]
+    so.r1k_linear.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int]
     so.r1k_linear.restype = ctypes.c_int
     f32 = ctypes.c_float
-    so.r1k_decode_attention.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, ctypes.c_int]
+    so.r1k_rmsnorm.argtypes = [ptr, ptr, ptr, i64, i64, f32]
+    so.r1k_rmsnorm.restype = None
+    so.r1k_decode_attention.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, ctypes.c_int]
     so.r1k_decode_attention.restype = ctypes.c_int
     return so
 
@@ -91,33 +93,54 @@ def available() -> bool:
                                      and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def _blocks(w: torch.Tensor, per: int) -> torch.Tensor:
+    """(N, K) -> (ceil(N/per), per, K), zero-padded."""
+    n, k = w.shape
+    blocks = -(-n // per)
+    return F.pad(w, (0, 0, 0, blocks * per - n)).view(blocks, per, k)
+
+
 def pack(w: torch.Tensor) -> torch.Tensor:
     """(N, K) fp32 weight -> the kernel's layout (ceil(N/NB), K, NB), zero-padded."""
-    nb = kernels().r1k_block()
-    n, k = w.shape
-    blocks = -(-n // nb)
-    return F.pad(w, (0, 0, 0, blocks * nb - n)).view(blocks, nb, k).transpose(1, 2).contiguous()
+    return _blocks(w, kernels().r1k_block()).transpose(1, 2).contiguous()
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """x (..., K) @ W.T + bias with W from `pack`, on the kernel (fp32, CPU)."""
+def pack_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's gate and up weights (I, K) -> blocks of NB/2 gate features then the same NB/2 up features."""
+    half = kernels().r1k_block() // 2
+    return torch.cat((_blocks(gate, half), _blocks(up, half)), 1).transpose(1, 2).contiguous()
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int,
+           swiglu: bool = False) -> torch.Tensor:
+    """x (..., K) @ W.T + bias with W from `pack`; or, with swiglu and W from `pack_swiglu`, silu(x @ Wg.T) *
+    (x @ Wu.T). fp32 on CPU."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.empty(x2.shape[0], out_features, dtype=x.dtype)
     if kernels().r1k_linear(x2.data_ptr(), x2.shape[0], x2.shape[1], packed.data_ptr(), out_features,
-                            None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads()):
+                            None if bias is None else bias.data_ptr(), y.data_ptr(), swiglu, torch.get_num_threads()):
         raise MemoryError("r1k_linear: no memory for its scratch")
     return y.view(*x.shape[:-1], out_features)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """q (B, H, 1, D) attending, row b, to the first lengths[b] positions of k, v (B, Hkv, S, D) (the cache's rows,
-    contiguous) -> (B, H, 1, D). fp32, D a multiple of 16 up to 256 (`attention_fits`)."""
-    B, H, _, D = q.shape
-    q = q.contiguous()
-    y = torch.empty_like(q)
-    if kernels().r1k_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), lengths.data_ptr(), B,
-                                      H, k.shape[1], k.shape[2], D, scale, torch.get_num_threads()):
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.empty_like(x2)
+    kernels().r1k_rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), x2.shape[0], x2.shape[1], eps)
+    return y.view(x.shape)
+
+
+def decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     lengths: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
+    """One decode step's attention from the fused projection qkv (B, 1, (H + 2 Hkv) D) with RoPE cos, sin (B, 1, D/2):
+    writes k, v at position lengths[b] - 1 of the cache rows k, v (B, Hkv, S, D) (contiguous), and attends row b
+    over its first lengths[b] positions -> (B, 1, H D). D a multiple of 16 up to 256 (`attention_fits`)."""
+    B, D = qkv.shape[0], k.shape[-1]
+    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+    y = torch.empty(B, 1, n_heads * D, dtype=qkv.dtype)
+    if kernels().r1k_decode_attention(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                      y.data_ptr(), lengths.data_ptr(), B, n_heads, k.shape[1], k.shape[2], D, scale,
+                                      torch.get_num_threads()):
         raise MemoryError("r1k_decode_attention: no memory for its scratch")
     return y
 
@@ -126,40 +149,54 @@ def attention_fits(head_dim: int) -> bool:
     return kernels() is not None and head_dim % 16 == 0 and head_dim <= 256
 
 
-class PackedLinears:
-    def __init__(self, model: nn.Module, batch_hint: int = 16):
-        from r1kit.model.model import MLP, Attention
+class Patches:
+    """The forwards an engine step swaps into the model on CPU: packed Linears (fused q|k|v and gate|up), and with
+    r1kit's kernels RMSNorm, SwiGLU and a dense model's whole decode attention (RoPE, cache write, attention)."""
 
+    def __init__(self, model: nn.Module, batch_hint: int = 16):
+        from r1kit.model.model import MLP, Attention, RMSNorm
+
+        self.own = kernels() is not None
         self.batch_hint = batch_hint  # rows oneDNN's blocked layout is tuned for; any row count works
         self.packed: dict[tuple[nn.Linear, ...], tuple] = {}  # parts -> (version key, packed weight, bias)
         self.patches: dict[tuple[nn.Module, str], object] = {}  # (module, method name) -> replacement
         fused: set[nn.Linear] = set()
         for m in model.modules():
             if isinstance(m, Attention):
-                self.patches[m, "qkv"] = self._split(self._linear(m.q_proj, m.k_proj, m.v_proj))
+                qkv = self._linear(m.q_proj, m.k_proj, m.v_proj)
+                self.patches[m, "qkv"] = self._split(qkv)
+                if self.own and attention_fits(m.hd):
+                    self.patches[m, "forward"] = self._attention(m, qkv)
                 fused |= {m.q_proj, m.k_proj, m.v_proj}
             elif isinstance(m, MLP):
-                self.patches[m, "forward"] = self._mlp(m, self._linear(m.gate_proj, m.up_proj))
+                self.patches[m, "forward"] = self._mlp(m)
                 fused |= {m.gate_proj, m.up_proj}
+            elif isinstance(m, RMSNorm) and self.own:
+                self.patches[m, "forward"] = self._rmsnorm(m)
         for m in model.modules():
             if isinstance(m, nn.Linear) and m not in fused:
                 self.patches[m, "forward"] = self._linear(m)
 
-    def _linear(self, *parts: nn.Linear):
-        """x -> x @ cat(weights).T + cat(biases), on a packed copy rebuilt when any part changes."""
-        out_features = sum(p.out_features for p in parts)
-        own = kernels() is not None
+    def _linear(self, *parts: nn.Linear, swiglu: bool = False):
+        """x -> x @ cat(weights).T + cat(biases) (with swiglu: silu(x @ gate.T) * (x @ up.T)), on a packed copy
+        rebuilt when any part changes."""
+        out_features = parts[0].out_features if swiglu else sum(p.out_features for p in parts)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             key = tuple((t._version, t.data_ptr()) for p in parts for t in (p.weight, p.bias) if t is not None)
             entry = self.packed.get(parts)
             if entry is None or entry[0] != key:
-                w = torch.cat([p.weight.detach() for p in parts])
+                ws = [p.weight.detach() for p in parts]
                 b = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
-                w = pack(w) if own else torch.ops.mkldnn._reorder_linear_weight(w, self.batch_hint)
+                if swiglu:
+                    w = pack_swiglu(*ws)
+                elif self.own:
+                    w = pack(torch.cat(ws))
+                else:
+                    w = torch.ops.mkldnn._reorder_linear_weight(torch.cat(ws), self.batch_hint)
                 entry = self.packed[parts] = (key, w, b)
-            if own:
-                return linear(x, entry[1], entry[2], out_features)
+            if self.own:
+                return linear(x, entry[1], entry[2], out_features, swiglu)
             return torch.ops.mkldnn._linear_pointwise(x, entry[1], entry[2], "none", [], "")
         forward.sizes = [p.out_features for p in parts]
         return forward
@@ -168,11 +205,33 @@ class PackedLinears:
     def _split(fused):
         return lambda x: fused(x).split(fused.sizes, dim=-1)
 
-    @staticmethod
-    def _mlp(m: nn.Module, gate_up):
+    def _mlp(self, m: nn.Module):
+        gate_up = self._linear(m.gate_proj, m.up_proj, swiglu=self.own)
+        if self.own:
+            return lambda x: m.down_proj(gate_up(x))
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             g, u = gate_up(x).split(gate_up.sizes, dim=-1)
             return m.down_proj(F.silu(g) * u)
+        return forward
+
+    @staticmethod
+    def _rmsnorm(m: nn.Module):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return rmsnorm(x, m.weight, m.eps) if x.dtype == torch.float32 else type(m).forward(m, x)
+        return forward
+
+    @staticmethod
+    def _attention(m: nn.Module, qkv):
+        own_forward = type(m).forward.__get__(m)  # the model's, for prefill (it calls the patched m.qkv)
+
+        def forward(x, rope, cache=None, attn_mask=None):
+            lengths = getattr(cache, "lengths", None)  # set by the engine's cache for a CPU decode step
+            if lengths is None:
+                return own_forward(x, rope, cache, attn_mask)
+            k, v = (stream[m.layer_idx][cache.rows] for stream in cache.streams)
+            y = decode_attention(qkv(x), *rope, k, v, lengths, m.n_heads, m.scale)  # (B, 1, H hd)
+            return m.o_proj(y)
         return forward
 
     @contextmanager

@@ -92,8 +92,9 @@ class Engine:
             "reduce-overhead" (CUDA graphs) on CUDA, the default inductor mode on CPU (slower there: SmolLM2 decoded
             ~4x slower after a 3-minute compile, as every step attends over all max_seq_len positions). Eager is the
             default.
-        pack_cpu_weights: run Linear layers on prepacked weight copies, and decode attention on r1kit's kernel,
-            during steps (cpu.py); None = on for CPU fp32 models unless compiled.
+        pack_cpu_weights: during steps, run Linear layers on prepacked weight copies and, where r1kit's CPU
+            kernels build, norms, SwiGLU and decode attention on them (cpu.py); None = on for CPU fp32 models unless
+            compiled.
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, max_seq_len: int | None = None,
@@ -129,7 +130,7 @@ class Engine:
         if pack_cpu_weights is None:
             pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
                                 and cpu.available())
-        self.packed = cpu.PackedLinears(model, max_batch) if pack_cpu_weights else None
+        self.packed = cpu.Patches(model, max_batch) if pack_cpu_weights else None
         self.cache.per_row_kernel = bool(pack_cpu_weights and not cfg.mla and cpu.attention_fits(cfg.head_dim))
         if self.device.type == "cpu":
             cpu.keep_freed_memory()

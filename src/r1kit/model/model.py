@@ -155,12 +155,9 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if hasattr(cache, "attend"):  # the engine's cache stores k, v and attends over the whole sequence
-            y = cache.attend(self.layer_idx, q, k, v, self.scale, attn_mask)
-        else:
-            if cache is not None:  # a cache that appends k, v and hands back the whole sequence
-                k, v = cache.update(self.layer_idx, k, v)
-            y = attend(q, k, v, self.scale, attn_mask)  # (B, H, T, hd)
+        if cache is not None:  # the engine's cache appends k, v and hands back the whole sequence
+            k, v = cache.update(self.layer_idx, k, v)
+        y = attend(q, k, v, self.scale, attn_mask)  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

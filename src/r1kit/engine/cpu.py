@@ -1,19 +1,19 @@
-"""CPU fp32 inference: r1kit's decode kernels, and `nn.Linear` layers on prepacked weights applied from outside the
-model.
+"""CPU fp32 inference: r1kit's decode kernels, swapped into the model during engine steps.
 
-Decode on CPU is a stack of skinny matmuls (a few batch rows times each weight) and many small attention products,
-and PyTorch's default paths run them at a third of the machine's matmul peak. During engine steps r1kit runs them on
-its own AVX-512 kernels (cpu_kernels.c, compiled once per machine with the system C compiler, loaded with ctypes):
-SmolLM2-135M's Linears at 16 rows take 25 ms per decode step there, 32 ms on oneDNN's prepacked GEMM and 118 ms
-through `F.linear` (2 Zen 4 cores). Where the kernels cannot be built or run (no AVX-512, no C compiler, not Linux)
-the Linears fall back to oneDNN's prepacked layout (what inductor's CPU `freezing` uses) and attention to
-`model.attend`. Projections that read the same input are fused into one packed matmul (q/k/v of `Attention.qkv`,
-gate/up of `MLP`): fewer, larger matmuls stream the weights faster.
+A CPU decode step is a stack of skinny matmuls (a few batch rows times each weight) and hundreds of small ops, and
+PyTorch's default paths run the matmuls at a third of the machine's fp32 peak. During engine steps r1kit runs them
+on its own AVX-512 kernels (cpu_kernels.c, compiled once per machine with the system C compiler, loaded with
+ctypes): a GEMM for few rows (SmolLM2-135M's Linears at 16 rows: 25 ms a step, against 32 ms on oneDNN's prepacked
+GEMM and 118 ms through `F.linear`, 2 Zen 4 cores), RMSNorm, SwiGLU as the epilogue of the fused gate|up GEMM, and a
+dense model's whole decode attention per layer (RoPE, the cache write, attention over each row's own length) in one
+call. Where the kernels cannot be built or run (no AVX-512, no C compiler, not Linux) the Linears fall back to
+oneDNN's prepacked layout (what inductor's CPU `freezing` uses) and the rest to the model's own torch code.
+Projections that read the same input are fused into one matmul (q/k/v of `Attention.qkv`, gate/up of `MLP`).
 
-The model is never modified for good (it stays the trainable model the RL loop updates): `PackedLinears.active()`
-swaps the forwards only for the duration of an engine step, and a packed weight is rebuilt whenever the version
-counter of a part moves (an optimiser step updates weights in place), so packed copies are never stale. Cost: one
-packed copy of the Linear weights.
+The model is never modified for good (it stays the trainable model the RL loop updates): `Patches.active()` swaps
+the forwards only for the duration of an engine step, and a packed weight is rebuilt whenever the version counter of
+a part moves (an optimiser step updates weights in place), so packed copies are never stale. Cost: one packed copy
+of the Linear weights.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -32,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _SRC = Path(__file__).with_name("cpu_kernels.c")
-_FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-fPIC"]  # compile flags
 
 
 @functools.cache  # once per process
@@ -52,30 +53,45 @@ def keep_freed_memory() -> bool:
         return False
 
 
-@functools.cache  # once per process; the build once per machine (and source version)
+def _openmp_runtime() -> str | None:
+    """The file of the OpenMP runtime torch has loaded (pip wheels bring their own copy of libgomp)."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "/" in line}
+    return next((p for p in sorted(paths) if re.search(r"/lib(gomp|iomp5|omp)[-.\w]*\.so", p)), None)
+
+
+@functools.cache  # once per process; the build once per machine (and source, compiler and OpenMP runtime)
 def kernels() -> ctypes.CDLL | None:
     """cpu_kernels.c compiled into the user's cache (~/.cache/r1kit/kernels) and loaded, or None where it cannot run
-    here: not Linux on x86-64 with AVX-512, or no working C compiler ($CC, default `cc`; the warning says why)."""
+    here: not Linux on x86-64 with AVX-512, or no working C compiler ($CC, default `cc`; the warning says why).
+    It is linked against torch's own OpenMP runtime, so the two share one thread pool (two runtimes would each keep
+    threads spinning on the same cores)."""
     if sys.platform != "linux" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
-    cc = os.environ.get("CC", "cc")
-    digest = hashlib.sha256(_SRC.read_bytes() + " ".join([cc, *_FLAGS]).encode()).hexdigest()[:16]
+    cc, omp = os.environ.get("CC", "cc"), _openmp_runtime()
+    link = [omp, f"-Wl,-rpath,{Path(omp).parent}"] if omp else ["-fopenmp"]
+    digest = hashlib.sha256(_SRC.read_bytes() + " ".join([cc, *_FLAGS, *link]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r1kit" / "kernels"
     lib = cache / f"cpu_kernels-{digest}.so"
     if not lib.exists():
         tmp = lib.with_name(f"{lib.name}.{os.getpid()}.tmp")  # then renamed: concurrent builds never see half a file
         try:
             cache.mkdir(parents=True, exist_ok=True)
-            subprocess.run([cc, *_FLAGS, str(_SRC), "-o", str(tmp)], check=True, capture_output=True, text=True,
-                           timeout=300)
+            obj = tmp.with_suffix(".o")
+            subprocess.run([cc, *_FLAGS, "-c", str(_SRC), "-o", str(obj)], check=True, capture_output=True,
+                           text=True, timeout=300)
+            subprocess.run([cc, "-shared", str(obj), *link, "-o", str(tmp)], check=True, capture_output=True,
+                           text=True, timeout=300)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError) as e:
             why = (getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1:]
             warnings.warn(f"r1kit: could not build its CPU kernels with {cc!r} ({' '.join(why)}); CPU decoding "
-                          f"falls back to oneDNN, ~25% slower at 16 rows", stacklevel=2)
-            tmp.unlink(missing_ok=True)
+                          f"falls back to oneDNN and torch ops, ~1.5x slower at 16 rows", stacklevel=2)
             return None
-    so = ctypes.CDLL(str(lib))  # its libgomp.so.1 resolves to the one torch loaded: one OpenMP thread pool
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_suffix(".o").unlink(missing_ok=True)
+    so = ctypes.CDLL(str(lib))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     so.r1k_block.argtypes = []
     so.r1k_linear.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int]

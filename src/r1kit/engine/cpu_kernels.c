@@ -56,6 +56,7 @@ BLOCK_KERNEL(block8, __m256, 8, _mm256_setzero_ps, _mm256_load_ps, _mm256_fmadd_
    y (M, N) = silu(x @ Wg.T) * (x @ Wu.T), SwiGLU's hidden state, without writing gate and up out. */
 int r1k_linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y,
                int swiglu, int nthreads) {
+  if (M == 0) return 0;
   const int64_t L = M <= 8 ? 8 : 16, chunks = (M + L - 1) / L, per = swiglu ? NB / 2 : NB, nb = (N + per - 1) / per;
   /* x transposed in chunks of L rows, (chunks, K, L): all chunks go through a weight block while it is in cache */
   float* xt = aligned_alloc(64, (size_t)(chunks * K * L * sizeof(float) + 63) / 64 * 64);

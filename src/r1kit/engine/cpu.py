@@ -22,8 +22,10 @@ import functools
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,8 +58,10 @@ def keep_freed_memory() -> bool:
 def _openmp_runtime() -> str | None:
     """The file of the OpenMP runtime torch has loaded (pip wheels bring their own copy of libgomp)."""
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "/" in line}
-    return next((p for p in sorted(paths) if re.search(r"/lib(gomp|iomp5|omp)[-.\w]*\.so", p)), None)
+        paths = sorted({line.split()[-1] for line in maps if "/" in line})
+    found = [p for p in paths if re.search(r"/lib(gomp|iomp5|omp)[-.\w]*\.so", p)]
+    torch_dir = str(Path(torch.__file__).parent)
+    return next((p for p in found if p.startswith(torch_dir)), found[0] if found else None)
 
 
 @functools.cache  # once per process; the build once per machine (and source, compiler and OpenMP runtime)
@@ -68,30 +72,33 @@ def kernels() -> ctypes.CDLL | None:
     threads spinning on the same cores)."""
     if sys.platform != "linux" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
-    cc, omp = os.environ.get("CC", "cc"), _openmp_runtime()
-    link = [omp, f"-Wl,-rpath,{Path(omp).parent}"] if omp else ["-fopenmp"]
-    digest = hashlib.sha256(_SRC.read_bytes() + " ".join([cc, *_FLAGS, *link]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r1kit" / "kernels"
-    lib = cache / f"cpu_kernels-{digest}.so"
-    if not lib.exists():
-        tmp = lib.with_name(f"{lib.name}.{os.getpid()}.tmp")  # then renamed: concurrent builds never see half a file
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    try:
+        omp = _openmp_runtime()
+        link = [omp, f"-Wl,-rpath,{Path(omp).parent}"] if omp else ["-fopenmp"]
+        digest = hashlib.sha256(_SRC.read_bytes() + " ".join([*cc, *_FLAGS, *link]).encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r1kit" / "kernels"
+        lib = cache / f"cpu_kernels-{digest}.so"
+        if not lib.exists():
+            # built under a name of its own, then renamed: concurrent builds never see half a file
+            tmp = lib.with_name(f"{lib.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             obj = tmp.with_suffix(".o")
-            subprocess.run([cc, *_FLAGS, "-c", str(_SRC), "-o", str(obj)], check=True, capture_output=True,
-                           text=True, timeout=300)
-            subprocess.run([cc, "-shared", str(obj), *link, "-o", str(tmp)], check=True, capture_output=True,
-                           text=True, timeout=300)
-            os.replace(tmp, lib)
-        except (OSError, subprocess.SubprocessError) as e:
-            why = (getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1:]
-            warnings.warn(f"r1kit: could not build its CPU kernels with {cc!r} ({' '.join(why)}); CPU decoding "
-                          f"falls back to oneDNN and torch ops, ~1.5x slower at 16 rows", stacklevel=2)
-            return None
-        finally:
-            tmp.unlink(missing_ok=True)
-            tmp.with_suffix(".o").unlink(missing_ok=True)
-    so = ctypes.CDLL(str(lib))
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                for cmd in ([*cc, *_FLAGS, "-c", str(_SRC), "-o", str(obj)],
+                            [*cc, "-shared", str(obj), *link, "-lm", "-o", str(tmp)]):
+                    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+                os.replace(tmp, lib)
+            finally:
+                tmp.unlink(missing_ok=True)
+                obj.unlink(missing_ok=True)
+        so = ctypes.CDLL(str(lib))
+    except Exception as e:  # noqa: BLE001 - any failure here means: run without the kernels, and say why
+        err = getattr(e, "stderr", None)
+        why = (err.decode(errors="replace") if isinstance(err, bytes) else err or str(e)).strip().splitlines()[-1:]
+        warnings.warn(f"r1kit: could not build or load its CPU kernels with {' '.join(cc)!r} ({' '.join(why)}); "
+                      f"CPU decoding falls back to oneDNN and torch ops, ~1.5x slower at 16 rows", stacklevel=2)
+        return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     so.r1k_block.argtypes = []
     so.r1k_linear.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int]
@@ -107,6 +114,12 @@ def kernels() -> ctypes.CDLL | None:
 def available() -> bool:
     return kernels() is not None or (torch.backends.mkldnn.is_available()
                                      and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _check(*ts: torch.Tensor) -> None:
+    """The kernels read raw fp32 CPU memory: anything else must not reach them."""
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in ts):
+        raise ValueError(f"r1kit's CPU kernels take fp32 CPU tensors, got {[(t.dtype, t.device.type) for t in ts]}")
 
 
 def _blocks(w: torch.Tensor, per: int) -> torch.Tensor:
@@ -131,6 +144,9 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out
            swiglu: bool = False) -> torch.Tensor:
     """x (..., K) @ W.T + bias with W from `pack`; or, with swiglu and W from `pack_swiglu`, silu(x @ Wg.T) *
     (x @ Wu.T). fp32 on CPU."""
+    _check(x, packed)
+    if swiglu and bias is not None:
+        raise ValueError("a SwiGLU bias would have to be added before the activation; r1k_linear has none")
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.empty(x2.shape[0], out_features, dtype=x.dtype)
     if kernels().r1k_linear(x2.data_ptr(), x2.shape[0], x2.shape[1], packed.data_ptr(), out_features,
@@ -140,6 +156,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    _check(x, weight)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.empty_like(x2)
     kernels().r1k_rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), x2.shape[0], x2.shape[1], eps)
@@ -151,6 +168,9 @@ def decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k:
     """One decode step's attention from the fused projection qkv (B, 1, (H + 2 Hkv) D) with RoPE cos, sin (B, 1, D/2):
     writes k, v at position lengths[b] - 1 of the cache rows k, v (B, Hkv, S, D) (contiguous), and attends row b
     over its first lengths[b] positions -> (B, 1, H D). D a multiple of 16 up to 256 (`attention_fits`)."""
+    _check(qkv, cos, sin, k, v)
+    if not (k.is_contiguous() and v.is_contiguous() and lengths.dtype == torch.int64):
+        raise ValueError("decode_attention: the cache rows must be contiguous and lengths int64")
     B, D = qkv.shape[0], k.shape[-1]
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     y = torch.empty(B, 1, n_heads * D, dtype=qkv.dtype)
@@ -172,6 +192,8 @@ class Patches:
     def __init__(self, model: nn.Module, batch_hint: int = 16):
         from r1kit.model.model import MLP, Attention, RMSNorm
 
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+            raise ValueError("packed CPU weights need a CPU fp32 model")
         self.own = kernels() is not None
         self.batch_hint = batch_hint  # rows oneDNN's blocked layout is tuned for; any row count works
         self.packed: dict[tuple[nn.Linear, ...], tuple] = {}  # parts -> (version key, packed weight, bias)

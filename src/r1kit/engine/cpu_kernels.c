@@ -18,9 +18,9 @@
 int r1k_block(void) { return NB; }
 
 /* exp(x): Cephes' expf polynomial on x - n ln2, scaled by 2^n; relative error ~1e-7, as libm's expf. Below -88 it
-   returns ~0, and above 88 inf (silu's g / (1 + inf) is then the right 0). */
+   returns ~0, above 88 inf (silu's g / (1 + inf) is then the right 0), and NaN for NaN: a diverged policy shows. */
 static inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.f));
+  x = _mm512_max_ps(_mm512_set1_ps(-88.f), x); /* in this order a NaN passes through (max returns operand 2) */
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
   __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);

@@ -127,9 +127,11 @@ class Engine:
         self.top_k = torch.zeros(max_batch, dtype=torch.long, **dev)
         self.seed = torch.zeros(max_batch, dtype=torch.long, **dev)
         self.positions = torch.arange(self.max_seq, **dev)
+        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
         if pack_cpu_weights is None:
-            pack_cpu_weights = (self.device.type == "cpu" and self.dtype == torch.float32 and not compile
-                                and cpu.available())
+            pack_cpu_weights = cpu_fp32 and not compile and cpu.available()
+        elif pack_cpu_weights and not cpu_fp32:
+            raise R1kitError(f"pack_cpu_weights needs a CPU fp32 model, not {self.device.type} {self.dtype}")
         self.packed = cpu.Patches(model, max_batch) if pack_cpu_weights else None
         self.cache.per_row_kernel = bool(pack_cpu_weights and not cfg.mla and cpu.attention_fits(cfg.head_dim))
         if self.device.type == "cpu":

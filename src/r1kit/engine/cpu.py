@@ -255,9 +255,7 @@ class Patches:
 
     @staticmethod
     def _rmsnorm(m: nn.Module):
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return rmsnorm(x, m.weight, m.eps) if x.dtype == torch.float32 else type(m).forward(m, x)
-        return forward
+        return lambda x: rmsnorm(x, m.weight, m.eps)
 
     @staticmethod
     def _attention(m: nn.Module, qkv):

@@ -192,8 +192,6 @@ class Patches:
     def __init__(self, model: nn.Module, batch_hint: int = 16):
         from r1kit.model.model import MLP, Attention, RMSNorm
 
-        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
-            raise ValueError("packed CPU weights need a CPU fp32 model")
         self.own = kernels() is not None
         self.batch_hint = batch_hint  # rows oneDNN's blocked layout is tuned for; any row count works
         self.packed: dict[tuple[nn.Linear, ...], tuple] = {}  # parts -> (version key, packed weight, bias)

@@ -17,6 +17,9 @@
 
 int r1k_block(void) { return NB; }
 
+/* the first min(n, 16) lanes */
+static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+
 /* exp(x): Cephes' expf polynomial on x - n ln2, scaled by 2^n; relative error ~1e-7, as libm's expf. Below -88 it
    returns ~0, above 88 inf (silu's g / (1 + inf) is then the right 0), and NaN for NaN: a diverged policy shows. */
 static inline __m512 exp512(__m512 x) {
@@ -71,7 +74,7 @@ int r1k_linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, 
   for (int64_t b = 0; b < nb; b++) {
     float tmp[NB * 16] __attribute__((aligned(64)));
     const int64_t n0 = b * per, nj = N - n0 < per ? N - n0 : per;
-    const __mmask16 lanes = L == 16 ? 0xffff : 0xff;
+    const __mmask16 lanes = first_lanes(L);
     for (int64_t c = 0; c < chunks; c++) {
       if (L == 16)
         block16(w + b * K * NB, xt + c * K * L, K, tmp);
@@ -100,7 +103,7 @@ void r1k_rmsnorm(const float* x, const float* w, float* y, int64_t M, int64_t D,
     const float* xr = x + m * D;
     __m512 ss = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d += 16) {
-      __mmask16 live = D - d >= 16 ? 0xffff : (__mmask16)((1u << (D - d)) - 1);
+      __mmask16 live = first_lanes(D - d);
       __m512 v = _mm512_maskz_loadu_ps(live, xr + d);
       ss = _mm512_fmadd_ps(v, v, ss);
     }
@@ -157,7 +160,7 @@ int r1k_decode_attention(const float* qkv, const float* cos, const float* sin, f
         for (int64_t t = 1; t < n; t++) m = sr[t] > m ? sr[t] : m;
         __m512 sum = _mm512_setzero_ps();
         for (int64_t t = 0; t < n; t += 16) {
-          __mmask16 live = n - t >= 16 ? 0xffff : (__mmask16)((1u << (n - t)) - 1);
+          __mmask16 live = first_lanes(n - t);
           __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sr + t),
                                                                      _mm512_set1_ps(m))));
           _mm512_store_ps(sr + t, e);

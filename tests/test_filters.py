@@ -7,7 +7,7 @@ import torch
 from r1kit.pipeline.decontam import NgramIndex, benchmark_files, benchmark_questions, eval_index, ngrams
 from r1kit.pipeline.filters import (FilterConfig, language_ok, no_code_block, paragraphs_ok, readability,
                                     reformat, repeat_fraction, repetition_ok, units)
-from r1kit.pipeline.tasks import MixedArithTask
+from r1kit.tasks import MixedArithTask
 from r1kit.tasks import get_task
 
 torch.set_num_threads(1)

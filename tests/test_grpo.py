@@ -1,7 +1,9 @@
 """rl/grpo.py: one GRPO step end to end on a tiny model, with a reward that does not apply to every sample."""
 import copy
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from r1kit.engine.engine import Engine
@@ -37,16 +39,128 @@ def test_grpo_step_logs_rewards_that_skip_samples():
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # the step trained
 
 
-def test_token_logp_from_a_start_position_is_exact():
-    """GRPO asks for log-probs from the first completion target on; earlier positions come back as 0."""
-    from r1kit.rl.grpo import token_logp
 
+
+# -- the memory-lean update equals the whole-batch one -----------------------------------------------------------
+
+class CaptureGrads:
+    """An optimiser stand-in that records each step's gradients and leaves the weights alone."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in self.params])
+
+
+def _batch(seed=0, B=2, G=3, P=20, max_c=9):
+    """B groups of G rows sharing a prompt of P tokens, completions of varied lengths, right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(2, max_c + 1, (B * G,), generator=g)
+    T = P + int(lens.max())
+    ids = torch.zeros(B * G, T, dtype=torch.long)
+    mask = torch.zeros(B * G, T - 1)
+    for i in range(B * G):
+        if i % G == 0:
+            prompt = torch.randint(0, 120, (P,), generator=g)
+        ids[i, :P] = prompt
+        ids[i, P:P + lens[i]] = torch.randint(0, 120, (int(lens[i]),), generator=g)
+        mask[i, P - 1:P - 1 + lens[i]] = 1
+    adv = torch.randn(B * G, generator=g)
+    return ids, mask, adv
+
+
+def _models(name):
+    from r1kit.rl.grpo import reference_logprobs  # noqa: F401
     torch.manual_seed(0)
-    model = Transformer(ModelConfig.from_name("tiny"))
-    ids = torch.cat([torch.randint(0, 100, (1, 18)).expand(4, -1), torch.randint(0, 100, (4, 6))], dim=1)
-    full, full_ent = token_logp(model, ids, with_entropy=True)
-    part, part_ent = token_logp(model, ids, with_entropy=True, start=20)
-    assert part.shape == full.shape == (4, 23)
-    torch.testing.assert_close(part[:, 20:], full[:, 20:], atol=1e-5, rtol=0)
-    torch.testing.assert_close(part_ent[:, 20:], full_ent[:, 20:], atol=1e-5, rtol=0)
-    assert not part[:, :20].any() and full[:, :20].any()
+    policy = Transformer(ModelConfig.from_name(name))
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # so the KL term has a gradient
+    return policy, ref
+
+
+def _update(policy, ref, cfg, batch):
+    from r1kit.rl.grpo import grpo_update, reference_logprobs
+    opt = CaptureGrads(policy.parameters())
+    grpo_update(policy, opt, *batch, cfg, reference_logprobs(ref, cfg))
+    return opt.grads
+
+
+def _rel(a, b):
+    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
+    return float(num / sum((y ** 2).sum() for y in b) ** 0.5)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batches_and_checkpointing_give_the_whole_batch_gradient(name, agg):
+    policy, ref = _models(name)
+    batch = _batch()
+    cfg = GRPOConfig(beta=0.04, agg=agg, max_new_tokens=9, grad_clip=0.0, micro_batch_tokens=0, moe_gamma=0)
+    whole = _update(policy, ref, cfg, batch)[0]
+    for ckpt in (False, True):
+        policy.grad_checkpointing = ckpt
+        micro = _update(policy, ref, dataclasses.replace(cfg, micro_batch_tokens=60), batch)[0]  # 1-2 rows each
+        assert _rel(micro, whole) <= 1e-5, (ckpt, _rel(micro, whole))
+    policy.grad_checkpointing = False
+    assert any(g.abs().sum() > 0 for g in whole)
+
+
+def test_checkpointing_counts_moe_load_once():
+    from r1kit.model.deepseek import moe_layers
+    policy, _ = _models("tiny-moe")
+    ids = torch.randint(0, 120, (2, 12))
+    loads = []
+    for ckpt in (False, True):
+        policy.grad_checkpointing = ckpt
+        for m in moe_layers(policy):
+            m.load = None
+        policy.train()
+        policy(ids, ids).backward()
+        loads.append([m.load.clone() for m in moe_layers(policy) if m.load is not None])  # MTP runs no forward here
+    assert loads[0] and all(torch.equal(a, b) for a, b in zip(*loads))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_one_mini_batch_one_epoch_is_the_plain_on_policy_step(temperature):
+    """mini_batches = mu = 1 equals the step written the direct way: full logits / T, log-softmax, ratio 1."""
+    import torch.nn.functional as F
+    from r1kit.rl.loss import grpo_loss
+
+    policy, ref = _models("tiny")
+    ids, mask, adv = _batch(seed=1)
+    cfg = GRPOConfig(beta=0.04, max_new_tokens=9, grad_clip=0.0, temperature=temperature, moe_gamma=0)
+    got = _update(policy, ref, cfg, (ids, mask, adv))[0]
+
+    def logp(model):
+        lp = F.log_softmax(model(ids[:, :-1]).float() / temperature, -1)
+        return lp.gather(-1, ids[:, 1:, None])[..., 0]
+
+    policy.train()
+    with torch.no_grad():
+        ref_lp = logp(ref)
+    lp = logp(policy)
+    loss, _ = grpo_loss(lp, lp.detach(), ref_lp, adv, mask, beta=0.04, max_len=9)
+    policy.zero_grad()
+    loss.backward()
+    want = [torch.zeros_like(p) if p.grad is None else p.grad for p in policy.parameters()]
+    assert _rel(got, want) <= 1e-5
+
+
+def test_mini_batches_read_old_log_probs_so_the_clip_acts():
+    from r1kit.rl.grpo import grpo_update, reference_logprobs
+    policy, ref = _models("tiny")
+    cfg = GRPOConfig(beta=0.0, max_new_tokens=9, lr=0.05, mini_batches=2, eps_low=0.01, eps_high=0.01,
+                     moe_gamma=0)
+    opt = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+    stats = grpo_update(policy, opt, *_batch(seed=2), cfg, reference_logprobs(ref, cfg))
+    # the second optimiser step's ratios are against the rollout policy, which the first step moved
+    assert stats["clip_low"] + stats["clip_high"] > 0
+    on_policy = grpo_update(policy, opt, *_batch(seed=2), dataclasses.replace(cfg, mini_batches=1), None)
+    assert on_policy["clip_low"] + on_policy["clip_high"] == 0

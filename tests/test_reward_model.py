@@ -8,7 +8,7 @@ from r1kit.model import ModelConfig, Transformer
 from r1kit.pipeline.reward_model import (Pair, RewardModel, RewardModelConfig, RMScorer, batch_ids, bt_loss,
                                          pair_scores, synthetic_pairs, train_reward_model)
 from r1kit.pipeline.rl import RLStageConfig, make_reward_fn
-from r1kit.pipeline.tasks import MixedArithTask, chat_examples
+from r1kit.tasks import MixedArithTask, chat_examples
 from r1kit.rl.grpo import GRPOConfig
 from r1kit.tokenizer import Tokenizer
 

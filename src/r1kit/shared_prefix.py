@@ -18,6 +18,12 @@ class _PrefixKV:
         self.saved: dict[int, tuple] = {}
         self.recording = True
 
+    @property
+    def recomputable(self) -> bool:
+        # the rows' pass only reads the saved prefix, so activation checkpointing may re-run it; the prefix's own
+        # pass writes `saved` and runs once, at batch 1
+        return not self.recording
+
     def _join(self, layer: int, new: tuple, dim: int) -> tuple:
         if self.recording:
             self.saved[layer] = new
@@ -38,20 +44,21 @@ def common_prefix_len(ids: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-def forward(model, ids: torch.Tensor, min_prefix: int = 16, start: int = 0) -> torch.Tensor:
+def forward(model, ids: torch.Tensor, min_prefix: int = 16, start: int = 0, hidden: bool = False) -> torch.Tensor:
     """Logits (B, T - start, V) equal to `model(ids)[:, start:]`, computing the batch's shared prefix once when it is
-    long enough. `start` skips positions whose logits are not needed (RL: the prompt's)."""
+    long enough. `start` skips positions whose logits are not needed (RL: the prompt's). hidden=True returns the
+    final hidden states (B, T - start, D) instead (see Transformer.forward)."""
     B, T = ids.shape
     P = min(common_prefix_len(ids), T - 1)
     if B == 1 or P < min_prefix:
-        return model(ids, logits_from=start)
+        return model(ids, logits_from=start, hidden=hidden)
     kv = _PrefixKV()
-    head = model(ids[:1, :P], cache=kv, logits_from=min(start, P))  # (1, P - start, V), causal within the prefix
+    head = model(ids[:1, :P], cache=kv, logits_from=min(start, P), hidden=hidden)  # (1, P - start, *), causal
     kv.recording = False
     pos = torch.arange(P, T, device=ids.device)
     # row token i (absolute position P+i) sees the whole prefix and its own tokens up to i
     mask = torch.arange(T, device=ids.device)[None, :] <= pos[:, None]  # (T-P, T) bool
-    tail = model(ids[:, P:], positions=pos, cache=kv, attn_mask=mask, logits_from=max(0, start - P))
+    tail = model(ids[:, P:], positions=pos, cache=kv, attn_mask=mask, logits_from=max(0, start - P), hidden=hidden)
     if start >= P:
         return tail
     return torch.cat([head.expand(B, -1, -1), tail], dim=1)

@@ -223,6 +223,9 @@ class MoE(nn.Module):
                 start += n
         if self.shared_experts is not None:
             y = y + self.shared_experts(xf)
+        from r1kit.model.model import recomputing
+        if recomputing():  # activation checkpointing re-runs this forward: these tokens were counted already
+            return y.view(B, T, D)
         self.last_load = counts.detach()
         if self.training:
             self.load = counts.detach() if self.load is None else self.load + counts.detach()

@@ -7,11 +7,13 @@ The DeepSeek-V3 parts (MLA, MoE, MTP) live in `deepseek.py` and slot into `Block
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from r1kit.model.config import ModelConfig
 
@@ -195,10 +197,36 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+_RECOMPUTING = False
+
+
+def recomputing() -> bool:
+    """True while activation checkpointing re-runs a block in the backward pass: bookkeeping that must count each
+    token once (the MoE load) skips that second forward."""
+    return _RECOMPUTING
+
+
+@contextlib.contextmanager
+def _recompute_flag():
+    global _RECOMPUTING
+    prev, _RECOMPUTING = _RECOMPUTING, True
+    try:
+        yield
+    finally:
+        _RECOMPUTING = prev
+
+
+def _checkpoint_contexts():
+    return contextlib.nullcontext(), _recompute_flag()
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # Activation checkpointing per block: keep only each block's input and recompute the block in the backward
+        # (about one extra forward of compute for activations that no longer grow with the layer count).
+        self.grad_checkpointing = False
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -224,7 +252,7 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, positions=None, cache=None,
                 attn_mask=None, reduction: str = "mean", last_only: bool = False, logits_from: int = 0,
-                mtp_weight: float = 0.0):
+                mtp_weight: float = 0.0, hidden: bool = False):
         """ids (B, T) -> logits (B, T, V), or (B, 1, V) with last_only, or (B, T - logits_from, V): RL needs the
         completion's positions only, and the head over a large vocabulary is a big share of a small model's cost.
 
@@ -232,20 +260,31 @@ class Transformer(nn.Module):
         or per-token (B, T) values, i.e. -log p(target), for reduction="none" (what RL needs).
         positions (T,) or (B, T) default to 0..T-1; `cache` and `attn_mask` come from the engine.
         mtp_weight > 0 adds the MTP modules' loss times that weight (DeepSeek-V3's lambda) to a mean loss.
+        hidden=True returns the final-norm hidden states (B, T - logits_from, D) instead of logits, for losses that
+        apply the LM head in chunks (r1kit.train.logprobs) so the (B, T, V) logits never exist.
         """
         B, T = ids.shape
         if positions is None:
             positions = torch.arange(T, device=ids.device)
         x = self.embed_tokens(ids)
         rope = self.rope(positions, x.dtype)
+        # a cache may join checkpointing only if re-running a block through it is side-effect free
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and \
+            (cache is None or getattr(cache, "recomputable", False))
         for layer in self.layers:
-            x = layer(x, rope, cache, attn_mask)
+            if ckpt:
+                x = checkpoint(layer, x, rope, cache, attn_mask, use_reentrant=False,
+                               context_fn=_checkpoint_contexts)
+            else:
+                x = layer(x, rope, cache, attn_mask)
         h = x
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
         elif logits_from:
             x = x[:, logits_from:]
+        if hidden:
+            return x
         logits = self.lm_head(x)
         if targets is None:
             return logits

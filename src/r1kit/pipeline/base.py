@@ -51,7 +51,7 @@ class BaseStageConfig:
 def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
     """What the BPE is trained on: the documents and the fixed strings the pipeline writes later."""
     from r1kit.pipeline.filters import SUMMARY
-    from r1kit.pipeline.tasks import CHAT_DATA
+    from r1kit.tasks import CHAT_DATA
 
     fixed = [s.format(n) for s in SUMMARY.values() for n in range(30)] + [q + " " + a for q, a, _ in CHAT_DATA]
     return [p + c for p, c in docs] + fixed * 20
@@ -95,7 +95,7 @@ def build_base(cfg: BaseStageConfig, log=print):
     """Pretrain (or load the cached) base -> (model, tokenizer)."""
     from r1kit.checkpoint.hf import load_model, save_model
     from r1kit.model import ModelConfig, Transformer
-    from r1kit.pipeline.tasks import make_task
+    from r1kit.tasks import get_task
     from r1kit.sft import SFTConfig, train
     from r1kit.tokenizer import Tokenizer
 
@@ -105,7 +105,7 @@ def build_base(cfg: BaseStageConfig, log=print):
         log(f"  reusing the cached base {folder}")
         return load_model(folder), Tokenizer.from_file(folder)
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task, "train", **cfg.task_kw)
+    task = get_task(cfg.task, "train", **cfg.task_kw)
     tok, examples = build_corpus(task, cfg, Tokenizer.train_bpe)
     mcfg = ModelConfig.from_name(cfg.preset).replace(vocab_size=tok.vocab_size, bos_id=tok.bos_id,
                                                      eos_id=tok.eos_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from r1kit.pipeline.tasks import ChatTask, make_task, prompt_ids
+from r1kit.tasks import ChatTask, get_task, prompt_ids
 
 
 @dataclass
@@ -58,7 +58,7 @@ def sample(model, tok, task, examples, k: int, template: str, temperature: float
 def evaluate_model(model, tok, template: str, cfg: EvalConfig) -> dict:
     from r1kit.rewards import chain_of_thought, format_ok, format_r1_ok, language_consistency
 
-    task = make_task(cfg.task, "test", **cfg.task_kw)
+    task = get_task(cfg.task, "test", **cfg.task_kw)
     idx = random.Random(cfg.seed).sample(range(len(task)), min(cfg.problems, len(task)))
     examples = [task[i] for i in idx]
     scorer = ChatTask(task) if template == "r1" else task

@@ -82,7 +82,7 @@ def synthetic_pairs(task, n: int, seed: int = 0) -> list[Pair]:
     """Half from the task's questions (concise correct vs verbose / wrong), half from the built-in chats
     (reference reply vs verbose / another prompt's reply)."""
     from r1kit.pipeline.filters import summary_text
-    from r1kit.pipeline.tasks import chat_examples
+    from r1kit.tasks import chat_examples
 
     rng = random.Random(seed)
     chats = chat_examples()
@@ -224,11 +224,11 @@ class RMScorer:
 def run(cfg: RewardModelConfig, inputs: dict, out: Path, ctx):
     from r1kit.pipeline import modelio
     from r1kit.pipeline.runner import StageResult
-    from r1kit.pipeline.tasks import make_task
+    from r1kit.tasks import get_task
 
     torch.manual_seed(cfg.seed)
     backbone, tok, _ = modelio.load(inputs["model"])
-    pairs = read_pairs(cfg.pairs) if cfg.pairs else synthetic_pairs(make_task(cfg.task, "train", **cfg.task_kw),
+    pairs = read_pairs(cfg.pairs) if cfg.pairs else synthetic_pairs(get_task(cfg.task, "train", **cfg.task_kw),
                                                                     cfg.n_pairs, cfg.seed)
     random.Random(cfg.seed).shuffle(pairs)
     n_eval = max(1, int(len(pairs) * cfg.eval_frac))

@@ -79,7 +79,7 @@ def make_reward_fn(cfg: RLStageConfig, rm=None):
         apply(rule, reasoning)
         apply(general_rule, general)
         if rm is not None and general:
-            from r1kit.pipeline.tasks import ChatTask
+            from r1kit.tasks import ChatTask
             scores = rm([ChatTask.messages(examples[i]) for i in general], [completions[i] for i in general])
             for i, s in zip(general, scores):
                 total[i] += cfg.rm_weight * s
@@ -108,7 +108,7 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     from r1kit.errors import R1kitError
     from r1kit.pipeline import modelio
     from r1kit.pipeline.runner import StageResult
-    from r1kit.pipeline.tasks import ChatTask, chat_examples, make_task
+    from r1kit.tasks import ChatTask, chat_examples, get_task
     from r1kit.rl.grpo import grpo_step
     from r1kit.rl.state import checkpoints, load_state, save_state
 
@@ -122,7 +122,7 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
     # the engine drops its prefix cache when an optimiser step changes the weights; within a step, prompts share it
     engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size)
-    reasoning = make_task(cfg.task, "train", **cfg.task_kw)
+    reasoning = get_task(cfg.task, "train", **cfg.task_kw)
     general = chat_examples(cfg.general) if cfg.general_frac > 0 else []
     task = ChatTask(reasoning) if cfg.template == "r1" else reasoning
     scorer = None

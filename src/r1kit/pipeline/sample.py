@@ -55,7 +55,7 @@ def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, 
     """Sample and judge one shard of prompts -> one record per sample (kept or with the reason it was dropped)."""
     from r1kit.pipeline.evaluate import sample
     from r1kit.pipeline.filters import readability, reformat
-    from r1kit.pipeline.tasks import ChatTask
+    from r1kit.tasks import ChatTask
     from r1kit.rewards import chain_of_thought
 
     scorer = ChatTask(task) if template == "r1" else task
@@ -83,11 +83,11 @@ def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Pa
     from r1kit.engine.engine import Engine
     from r1kit.pipeline import data, modelio
     from r1kit.pipeline.decontam import eval_index
-    from r1kit.pipeline.tasks import chat_examples, make_task
+    from r1kit.tasks import chat_examples, get_task
 
     model, tok, meta = modelio.load(model_path)
     template = meta["template"]
-    task = make_task(cfg.task, "train", **cfg.task_kw)
+    task = get_task(cfg.task, "train", **cfg.task_kw)
     idx = random.Random(cfg.seed).sample(range(len(task)), min(cfg.prompts, len(task)))
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Pa
 
     index = None
     if cfg.decontam_n:
-        index = eval_index(cfg.decontam_n, [make_task(cfg.task, "test", **cfg.task_kw)],
+        index = eval_index(cfg.decontam_n, [get_task(cfg.task, "test", **cfg.task_kw)],
                            None if cfg.benchmarks else [])
     counts: Counter = Counter(r["reason"] or "kept" for r in records)
     counts["kept"] = 0

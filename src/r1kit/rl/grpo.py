@@ -1,7 +1,9 @@
-"""GRPO training step (r1-recipe.md section 1): rollouts from the engine, rule rewards, group advantages, mu updates.
+"""GRPO training step: rollouts from the engine, rewards, group advantages, then mu epochs of mini-batch updates.
 
-The loss itself is the pure function in loss.py; this file gathers its inputs. Shapes: N = B*G completions,
-T = padded prompt+completion length.
+The loss itself is the pure function in loss.py; this file gathers its inputs and schedules the updates. Shapes:
+N = B*G completions, T = padded prompt+completion length. Memory: the logits never exist as a whole
+(train.logprobs), rows go through in token-budget micro-batches (train.batching), blocks may be recomputed in the
+backward (model.grad_checkpointing), and the old-policy and reference passes keep no graph.
 """
 from __future__ import annotations
 
@@ -9,9 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-
-from r1kit import shared_prefix
 from r1kit.rl.loss import group_advantages, grpo_loss, zero_std_groups
 
 
@@ -20,7 +19,10 @@ class GRPOConfig:
     steps: int = 100
     prompts_per_step: int = 16  # B questions per step
     group_size: int = 8  # G samples per question
-    mu: int = 1  # inner updates per rollout batch (mu = 1: on-policy, ratio exactly 1)
+    mu: int = 1  # epochs: passes over each rollout batch (the paper's mu)
+    mini_batches: int = 1  # optimiser steps per pass, each on 1/mini_batches of the rollouts (R1: 16)
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; gradients accumulate (0 = no split)
+    grad_checkpointing: str = "auto"  # on | off | auto (on when the plan says activations would crowd memory)
     lr: float = 3e-6  # the paper's; tiny models need far more
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -32,7 +34,7 @@ class GRPOConfig:
     filter_zero_std: bool = False  # drop groups whose rewards are all equal
     mask_truncated: bool = False  # DAPO overlong filtering: truncated completions out of the loss
     ref_refresh: int = 400  # replace pi_ref with the policy every N steps
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling, and the temperature of every log-prob the loss reads (TRL, verl)
     top_p: float = 1.0
     max_new_tokens: int = 64
     rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
@@ -51,24 +53,35 @@ class Rollout:
     truncated: torch.Tensor  # [N] bool: hit max_new_tokens
 
 
-def token_logp(model, ids: torch.Tensor, with_entropy: bool = False, start: int = 0):
-    """log p(ids[:, t+1] | ids[:, :t+1]) -> [N, T-1] (and the per-token entropy [N, T-1] if asked). Positions
-    t < start (the prompt, whose log-probs no loss reads) are 0 and cost no logits."""
-    logits = shared_prefix.forward(model, ids[:, :-1], start=start).float()  # [N, T-1-start, V]; the prefix once
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = F.pad(logp_all.gather(-1, ids[:, start + 1:, None])[..., 0], (start, 0))
-    if not with_entropy:
-        return logp
-    with torch.no_grad():
-        entropy = F.pad(-(logp_all.exp() * logp_all).sum(-1), (start, 0))
-    return logp, entropy
+@torch.no_grad()
+def batch_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float, budget: int) -> torch.Tensor:
+    """Log-probs [N, T-1] of the masked targets without gradients, in micro-batches of `budget` tokens (the old
+    policy's and the reference's)."""
+    from r1kit.train.batching import micro_batches, row_lengths
+    from r1kit.train.logprobs import sequence_logprobs
+    from r1kit.train.precision import autocast
+
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    lengths = row_lengths(mask)
+    was = model.training
+    model.eval()
+    for rows in micro_batches(lengths.tolist(), budget):
+        r = torch.tensor(rows)
+        T = int(lengths[r].max())
+        dev = model.lm_head.weight.device
+        with autocast(model):
+            lp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev), temperature)
+        out[r, :T - 1] = lp.float().cpu()
+    model.train(was)
+    return out
 
 
-def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int) -> Rollout:
+def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int, template: str = "r1-zero") -> Rollout:
     from r1kit.engine.sampling import SamplingParams
+    from r1kit.tasks import prompt_ids
 
     G = cfg.group_size
-    prompts = [tok.encode(task.prompt(ex, template="r1-zero"), add_bos=True) for ex in examples]
+    prompts = [prompt_ids(tok, task, ex, template) for ex in examples]
     # one seed per sample (the engine seeds group member j with seed + j), so groups never share noise
     params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              stop_token_ids=[tok.eos_id], seed=seed * 65_537 + i * G) for i in range(len(prompts))]
@@ -77,8 +90,9 @@ def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int) 
     texts = [tok.decode(r.token_ids, skip_special_tokens=True) for r in results]
     golds = [examples[i // G].answer for i in range(len(results))]
     lengths = torch.tensor([len(r.token_ids) for r in results])
-    total, per_fn = reward_fn(texts, golds, lengths=lengths.tolist(), examples=[examples[i // G] for i in
-                                                                                 range(len(results))])
+    truncated = torch.tensor([r.finish_reason == "length" for r in results])
+    total, per_fn = reward_fn(texts, golds, lengths=lengths.tolist(), truncated=truncated.tolist(),
+                              examples=[examples[i // G] for i in range(len(results))])
     T = max(map(len, seqs))
     ids = torch.full((len(seqs), T), tok.eos_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), T - 1)
@@ -86,21 +100,90 @@ def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int) 
         ids[i, :len(s)] = torch.tensor(s)
         p = len(prompts[i // G])
         mask[i, p - 1:len(s) - 1] = 1.0  # targets at positions p..len-1 are the completion
-    truncated = torch.tensor([r.finish_reason == "length" for r in results])
     # a reward that does not apply to a sample (None, e.g. language on a thought with no words) is logged as NaN
     per_fn = {k: torch.tensor([float("nan") if x is None else x for x in v]) for k, v in per_fn.items()}
     return Rollout(ids, mask, torch.tensor(total, dtype=torch.float), per_fn, texts, lengths, truncated)
 
 
-def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRPOConfig, step: int) -> dict:
-    """One GRPO step: rollouts, advantages, mu optimiser updates. Returns the logged stats."""
+def reference_logprobs(ref_model, cfg: GRPOConfig):
+    """(ids, mask) -> the reference's log-probs at the sampling temperature, in no-grad micro-batches."""
+    return lambda ids, mask: batch_logprobs(ref_model, ids, mask, cfg.temperature, 2 * cfg.micro_batch_tokens)
+
+
+def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,
+                ref_logprobs=None) -> dict:
+    """The optimisation half of a GRPO step on one rollout batch: mu epochs x mini_batches optimiser steps, each
+    accumulated over token-budget micro-batches. ids [N, T], mask [N, T-1], adv [N]. `ref_logprobs(ids, mask)`
+    gives the reference's log-probs (None when beta = 0).
+
+    Every normaliser is computed over the whole mini-batch before its micro-batch loop (rl.loss.token_weights),
+    so the update does not depend on micro_batch_tokens. With mu = mini_batches = 1 the ratio is exactly 1 and no
+    old-policy pass runs; otherwise old log-probs come from the rollout policy, so the clip acts.
+    """
     from r1kit.model.deepseek import update_moe_bias
+    from r1kit.rl.loss import token_weights
+    from r1kit.train.batching import micro_batches, row_lengths
+    from r1kit.train.logprobs import sequence_logprobs
+    from r1kit.train.precision import autocast
+
+    N, dev, T_s = len(ids), policy.lm_head.weight.device, cfg.temperature
+    no_grad_budget = 2 * cfg.micro_batch_tokens  # nothing kept for a backward: twice the rows fit
+    ref_lp = ref_logprobs(ids, mask) if (cfg.beta and ref_logprobs is not None) else None
+    old_lp = batch_logprobs(policy, ids, mask, T_s, no_grad_budget) if cfg.mu > 1 or cfg.mini_batches > 1 else None
+    lengths = row_lengths(mask)
+    n_mini = max(1, min(cfg.mini_batches, N))
+    minis = [r.tolist() for r in torch.arange(N).tensor_split(n_mini)]
+    sums: dict[str, float] = {}
+    policy.train()
+    for _ in range(cfg.mu):
+        for mini in minis:
+            m_mask = mask[mini]
+            weights = token_weights(m_mask, cfg.agg, cfg.max_new_tokens)  # the mini-batch's normalisers
+            n_tok = m_mask.sum().clamp(min=1)
+            st_sum = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0}
+            opt.zero_grad(set_to_none=True)
+            for local in micro_batches(lengths[mini].tolist(), cfg.micro_batch_tokens):
+                r = torch.tensor([mini[j] for j in local])
+                lr_ = torch.tensor(local)
+                T = int(lengths[r].max())
+                mk = mask[r, :T - 1]
+                with autocast(policy):
+                    logp, ent = sequence_logprobs(policy, ids[r, :T].to(dev), mk.to(dev), T_s)
+                old = old_lp[r, :T - 1].to(dev) if old_lp is not None else logp.detach()
+                ref = ref_lp[r, :T - 1].to(dev) if ref_lp is not None else None
+                loss, st = grpo_loss(logp, old, ref, adv[r].to(dev), mk.to(dev), eps_low=cfg.eps_low,
+                                     eps_high=cfg.eps_high, beta=cfg.beta, agg=cfg.agg, max_len=cfg.max_new_tokens,
+                                     weights=weights[lr_, :T - 1].to(dev), n_tokens=n_tok.to(dev))
+                loss.backward()
+                st_sum["loss"] += loss.item()
+                for k in ("policy_loss", "kl", "clip_low", "clip_high"):
+                    st_sum[k] += getattr(st, k).item()
+                st_sum["entropy"] += ((ent * mk.to(dev)).sum() / n_tok.to(dev)).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
+                                                       cfg.grad_clip or float("inf"))
+            opt.step()
+            if cfg.moe_gamma and policy.cfg.moe:
+                update_moe_bias(policy, cfg.moe_gamma)
+            st_sum["grad_norm"] = grad_norm.item()
+            sums = st_sum  # the last optimiser step's figures, as before mini-batches
+    policy.eval()
+    return sums
+
+
+def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRPOConfig, step: int,
+              template: str = "r1-zero") -> dict:
+    """One GRPO step: rollouts, advantages, then grpo_update. Returns the logged stats. `ref` is the reference
+    model, or a callable (ids, mask) -> log-probs (a LoRA policy with its adapters off), or None."""
     from r1kit.rewards import reflection_rate
+
+    if isinstance(ref, torch.nn.Module):
+        ref = reference_logprobs(ref, cfg)
 
     t0 = time.perf_counter()
     policy.eval()
     with torch.no_grad():
-        ro = rollout(engine, tok, examples, task, reward_fn, cfg, seed=cfg.seed * 1_000_003 + step)
+        ro = rollout(engine, tok, examples, task, reward_fn, cfg, seed=cfg.seed * 1_000_003 + step,
+                     template=template)
     t_gen = time.perf_counter() - t0
     G = cfg.group_size
     adv = group_advantages(ro.rewards, G, cfg.scale_rewards)  # [N]
@@ -109,29 +192,9 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
         mask = mask * (~ro.truncated)[:, None]
     zero = zero_std_groups(ro.rewards, G)  # [B]
     keep = ~zero.repeat_interleave(G) if cfg.filter_zero_std else torch.ones(len(adv), dtype=torch.bool)
-    ids, mask, adv = ro.ids[keep], mask[keep], adv[keep]
     stats = {}
-    policy.train()
     if keep.any():
-        start = int(mask.any(0).nonzero()[0]) if mask.any() else 0  # the first completion target: logits from here
-        with torch.no_grad():
-            ref_logp = token_logp(ref, ids, start=start) if cfg.beta else None
-            old_logp = token_logp(policy, ids, start=start) if cfg.mu > 1 else None
-        for _ in range(cfg.mu):
-            logp, entropy = token_logp(policy, ids, with_entropy=True, start=start)
-            old = old_logp if old_logp is not None else logp.detach()
-            loss, st = grpo_loss(logp, old, ref_logp, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                 beta=cfg.beta, agg=cfg.agg, max_len=cfg.max_new_tokens)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
-            if cfg.moe_gamma and policy.cfg.moe:
-                update_moe_bias(policy, cfg.moe_gamma)
-        stats |= {"loss": loss.item(), "policy_loss": st.policy_loss.item(), "kl": st.kl.item(),
-                  "clip_low": st.clip_low.item(), "clip_high": st.clip_high.item(), "grad_norm": grad_norm.item(),
-                  "entropy": ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()}
-    policy.eval()
+        stats |= grpo_update(policy, opt, ro.ids[keep], mask[keep], adv[keep], cfg, ref)
     dt = time.perf_counter() - t0
     n_tokens = int(ro.lengths.sum())
     stats |= {

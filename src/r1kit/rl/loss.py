@@ -77,16 +77,39 @@ def get_aggregation(name: str) -> Callable:
     return AGGREGATIONS[key]
 
 
+def token_weights(mask: torch.Tensor, agg: str, max_len: int | None = None) -> torch.Tensor:
+    """[N, L] weights w with sum(x * w) == aggregate(x, mask, max_len) for every x.
+
+    Computed once over a whole (mini-)batch, they let any split of its rows into micro-batches add up to exactly
+    the whole-batch loss and gradient: each normaliser (token count, sequence count and lengths, the Dr. GRPO
+    constant) is a property of the whole batch, never of a micro-batch.
+    """
+    key = ALIASES.get(agg, agg)
+    get_aggregation(key)
+    mask = mask.float()
+    N, L = mask.shape
+    if key == "seq-mean-token-mean":
+        return mask / (mask.sum(-1, keepdim=True).clamp(min=1) * N)
+    if key == "token-mean":
+        return mask / mask.sum().clamp(min=1)
+    return mask / (N * (max_len or L))
+
+
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
               mask: torch.Tensor, *, eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-              agg: str = "seq-mean-token-mean", max_len: int | None = None) -> tuple[torch.Tensor, LossStats]:
+              agg: str = "seq-mean-token-mean", max_len: int | None = None, weights: torch.Tensor | None = None,
+              n_tokens: torch.Tensor | float | None = None) -> tuple[torch.Tensor, LossStats]:
     """-J(theta): the clipped surrogate with separate eps_low/eps_high, minus beta * k3 KL, aggregated by `agg`.
 
     The KL sits in the loss, not in the reward (R1-v2 A.3). ref_logp may be None when beta == 0.
+    For a micro-batch of a larger batch pass that batch's `weights` [N, L] (token_weights) and its token count
+    `n_tokens`: the loss and every stat are then this micro-batch's share, and the shares add up to the batch's.
     """
     mask = mask.to(logp.dtype)
     max_len = max_len or logp.shape[1]
-    aggregate = get_aggregation(agg)
+    if weights is None:
+        weights = token_weights(mask, agg, max_len)
+    weights = weights.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [N, L]
     a = adv[:, None]  # [N, 1], the same for every token of a completion
     surrogate = torch.minimum(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)  # [N, L]
@@ -97,11 +120,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         per_token = per_token + beta * k3
     else:
         k3 = torch.zeros_like(logp)
-    loss = aggregate(per_token, mask, max_len)
+    loss = (per_token * weights).sum()
     with torch.no_grad():
-        n = mask.sum().clamp(min=1)
+        n = mask.sum().clamp(min=1) if n_tokens is None else n_tokens
         stats = LossStats(
-            policy_loss=aggregate(-surrogate, mask, max_len),
+            policy_loss=(-surrogate * weights).sum(),
             kl=(k3 * mask).sum() / n,
             clip_low=(((ratio < 1 - eps_low) & (a < 0)) * mask).sum() / n,
             clip_high=(((ratio > 1 + eps_high) & (a > 0)) * mask).sum() / n,

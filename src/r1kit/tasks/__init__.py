@@ -4,7 +4,7 @@
     task = get_task("countdown", split="train", n_numbers=3)
     ex = task[0]; task.prompt(ex); task.evaluate(ex, completion); task.worked_solution(ex)
 
-Built in: `arith`, `countdown` (generated, offline), `gsm8k`, `math`, `jsonl` (files), and the benchmark files
+Built in: `arith`, `arith-mix` (bilingual, for the pipeline), `countdown` (generated, offline), `gsm8k`, `math`, `jsonl` (files), and the benchmark files
 `math500`, `aime24`, `amc23`, `minerva_math`, `aime_1983_2023` from the shared benchmarks folder.
 """
 
@@ -21,11 +21,13 @@ from r1kit.tasks.common import (
     benchmarks_dir,
     resolve_data_path,
 )
+from r1kit.tasks.chat import CHAT_DATA, ChatTask, MixedArithTask, chat_examples, prompt_ids
 from r1kit.tasks.files import GSM8KTask, JsonlTask, MathTask, read_jsonl
 from r1kit.tasks.synthetic import ArithTask, CountdownTask, SyntheticTask
 
 TASKS = {
     "arith": ArithTask,
+    "arith-mix": MixedArithTask,
     "countdown": CountdownTask,
     "gsm8k": GSM8KTask,
     "math": MathTask,
@@ -38,8 +40,10 @@ TASKS = {
 }
 
 
-def get_task(name: str, **kw) -> Task:
+def get_task(name: str, split: str | None = None, **kw) -> Task:
     """Build the task called `name` with keyword options (split, seed, size, path, difficulty knobs, slicing)."""
+    if split is not None:
+        kw["split"] = split
     if name not in TASKS:
         raise R1kitError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     task = TASKS[name](**kw)
@@ -49,6 +53,11 @@ def get_task(name: str, **kw) -> Task:
 
 
 __all__ = [
+    "CHAT_DATA",
+    "ChatTask",
+    "MixedArithTask",
+    "chat_examples",
+    "prompt_ids",
     "BENCHMARKS_ENV",
     "TASKS",
     "ArithTask",

@@ -1,5 +1,6 @@
-"""Tasks the pipeline adds: a bilingual arithmetic task whose worked solutions mix languages, the built-in
-non-reasoning chat set, and an adapter that renders any task's prompts with the R1 chat template.
+"""The bilingual arithmetic task whose worked solutions mix languages (the R1 pipeline's), the built-in
+non-reasoning chat set, an adapter that renders any task's prompts with the R1 chat template, and `prompt_ids`,
+the one way a task's prompt becomes token ids under a template.
 
     task = MixedArithTask(split="train")              # Chinese questions; scratchpads mix English connectives
     task.worked_solution(task[0])                     # "<think>先算 4+3=7, then 7+1=8。</think> <answer>8</answer>"
@@ -8,8 +9,7 @@ non-reasoning chat set, and an adapter that renders any task's prompts with the 
 from __future__ import annotations
 
 from r1kit.errors import R1kitError
-from r1kit.tasks import Example, Task, get_task
-from r1kit.tasks.common import example_rng
+from r1kit.tasks.common import Example, Task, example_rng
 from r1kit.tasks.synthetic import _ARITH_WORDS, ArithTask
 from r1kit.tokenizer import R1_BOS, render_r1
 
@@ -41,16 +41,6 @@ class MixedArithTask(ArithTask):
         mixed = words[0][1].format(steps[0]) + "".join(w[2].format(s) for w, s in zip(words[1:], steps[1:]))
         ex.meta.update(scratchpad_clean=ex.meta["scratchpad"], scratchpad=mixed + _ARITH_WORDS[self.lang][3])
         return ex
-
-
-PIPELINE_TASKS = {"arith-mix": MixedArithTask}
-
-
-def make_task(name: str, split: str = "train", **kw) -> Task:
-    """A pipeline task (arith-mix) or any r1kit.tasks task by name."""
-    if name in PIPELINE_TASKS:
-        return PIPELINE_TASKS[name](split=split, **kw)
-    return get_task(name, split=split, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,9 +122,10 @@ class ChatTask:
 
 
 def prompt_ids(tok, task, example: Example, template: str) -> list[int]:
-    """Prompt token ids for `example` under `template` ("r1-zero": the task's text prompt; "r1": chat)."""
-    if template == "r1":
-        return tok.encode_chat(ChatTask.messages(example), template="r1")
+    """Prompt token ids for `example` under `template`: "r1-zero" (the task's text prompt), "r1" (the R1 chat
+    template) or "model" (the checkpoint's own chat template)."""
+    if template in ("r1", "model"):
+        return tok.encode_chat(ChatTask.messages(example), template=template)
     if template == "r1-zero":
         return tok.encode(task.prompt(example, template="r1-zero"), add_bos=True)
-    raise R1kitError(f"unknown template {template!r}; expected r1-zero or r1")
+    raise R1kitError(f"unknown template {template!r}; expected r1-zero, r1 or model")

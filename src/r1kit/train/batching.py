@@ -1,0 +1,33 @@
+"""Token-budget micro-batches: split a batch's rows so each forward/backward holds a bounded number of tokens.
+
+The rows keep their order (a GRPO group's samples stay together, so their shared prompt runs once per
+micro-batch), and a row longer than the budget forms a micro-batch of its own.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def row_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """[N, T-1] target mask -> [N] tokens each row needs (its last scored target + 1, plus the first input)."""
+    N, L = mask.shape
+    m = mask.bool()
+    last = L - 1 - m.flip(-1).float().argmax(-1)  # index of the last set position
+    return torch.where(m.any(-1), last + 2, torch.ones(N, dtype=torch.long))
+
+
+def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Contiguous groups of row indices whose padded size (rows x longest row) stays within `budget` tokens;
+    budget <= 0 puts every row in one group."""
+    if budget <= 0:
+        return [list(range(len(lengths)))] if lengths else []
+    out, cur, longest = [], [], 0
+    for i, n in enumerate(lengths):
+        if cur and (len(cur) + 1) * max(longest, n) > budget:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out

@@ -2,7 +2,9 @@
 
 An example is `(ids, loss_mask)`: the loss counts only where the mask is 1 (completion / assistant tokens). Batches
 are right-padded to their longest example; the learning rate warms up linearly, then follows a cosine to
-`min_lr_ratio * lr`.
+`min_lr_ratio * lr`. Memory: like the RL loop, a batch goes through in token-budget micro-batches whose losses are
+each divided by the whole batch's token count (so the gradient is the whole-batch mean), the LM head runs in chunks
+(train.logprobs) and blocks may be recomputed in the backward. A LoRA model (train.lora) trains its adapters only.
 """
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-
-from r1kit import shared_prefix
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask (same length)
 
@@ -30,6 +29,8 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     moe_gamma: float = 1e-3  # aux-loss-free bias speed for MoE models (0 disables)
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward (0 = the whole batch at once)
+    grad_checkpointing: str = "auto"  # on | off | auto
 
 
 def cosine_lr(step: int, cfg: SFTConfig) -> float:
@@ -50,29 +51,63 @@ def collate(batch: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, torch.
     return ids[:, :-1], tgt[:, 1:]
 
 
+def batch_tensors(batch: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids (B, T) right-padded and the target mask (B, T-1): 1 where ids[:, t+1] is a trained token."""
+    T = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(batch), T)
+    for i, (x, m) in enumerate(batch):
+        ids[i, :len(x)] = torch.tensor(x)
+        mask[i, :len(x)] = torch.tensor(m, dtype=torch.float)
+    return ids, mask[:, 1:]
+
+
+def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int) -> float:
+    """Backward of the mean -log p over the batch's masked targets, micro-batch by micro-batch; returns the loss."""
+    from r1kit.train.batching import micro_batches, row_lengths
+    from r1kit.train.logprobs import sequence_logprobs
+    from r1kit.train.precision import autocast
+
+    n_tok = mask.sum().clamp(min=1)  # the whole batch's normaliser, fixed before the loop
+    dev = model.lm_head.weight.device
+    lengths = row_lengths(mask)
+    total = 0.0
+    for rows in micro_batches(lengths.tolist(), budget):
+        r = torch.tensor(rows)
+        T = int(lengths[r].max())
+        with autocast(model):
+            logp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev))
+        loss = -logp.sum() / n_tok.to(dev)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, dict], None] | None = None,
           eval_examples: list[Example] | None = None) -> list[float]:
     """Train `model` in place for cfg.steps steps of batches drawn (seeded) from `examples`; returns the losses."""
     from r1kit.model.deepseek import update_moe_bias
+    from r1kit.train.memory import check, configure_checkpointing
 
     rng = random.Random(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    core = getattr(model, "model", model)  # a wrapper (packing's DocumentMasked) holds the Transformer
+    check(configure_checkpointing(core, cfg), next(model.parameters()).device.type)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model.train()
     losses = []
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg)
-        inputs, targets = collate(rng.sample(examples, min(cfg.batch_size, len(examples))))
-        logits = shared_prefix.forward(model, inputs)  # the batch's common prompt prefix runs once
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        ids, mask = batch_tensors(rng.sample(examples, min(cfg.batch_size, len(examples))))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens)
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if cfg.moe_gamma and model.cfg.moe:
             update_moe_bias(model, cfg.moe_gamma)
-        losses.append(loss.item())
+        losses.append(loss)
         if log:
             stats = {"loss": losses[-1], "lr": opt.param_groups[0]["lr"]}
             if eval_examples and (step + 1) % max(1, cfg.steps // 5) == 0:

@@ -97,6 +97,29 @@ def render_r1_zero(question: str) -> str:
     return f"{R1_ZERO_PREFIX} User: {question}. Assistant:"
 
 
+# The same templates as HF jinja, written to tokenizer_config.json so transformers renders what r1kit trained on.
+R1_JINJA = (
+    "{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system = ns.system + ('\n\n' if ns.system else '') + m['content'] %}{% endif %}{% endfor %}"
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '<｜User｜>' }}{% if ns.system %}{{ ns.system + '\n\n' }}"
+    "{% set ns.system = '' %}{% endif %}{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'].split('</think>')[-1] + eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"
+)
+
+
+def r1_zero_jinja() -> str:
+    """The R1-Zero prompt around the last user message, as jinja (the text outside the question is verbatim)."""
+    before, after = render_r1_zero("\0").split("\0")
+    q = "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.q = m['content'] %}{% endif %}{% endfor %}"
+    return ("{% set ns = namespace(q='') %}" + q + "{{ bos_token }}{% raw %}" + before + "{% endraw %}{{ ns.q }}"
+            "{% raw %}" + after + "{% endraw %}")
+
+
 def _raise_exception(message: str) -> None:
     # Templates call this to reject a conversation (e.g. "roles must alternate"): that is the user's input at fault.
     raise R1kitError(f"chat template: {message}")
@@ -169,10 +192,18 @@ class Tokenizer:
         eos_token: str | None = None,
         chat_template: str | None = None,
         add_bos: bool = False,
+        template: str | None = None,
     ):
         self.tk = tk
         self.bos_token, self.eos_token = bos_token, eos_token
         self.chat_template = chat_template
+        # Which prompt format the model was trained for: "r1", "r1-zero" or "model" (its own jinja). It travels
+        # with the checkpoint (tokenizer_config.json), so every command reads it instead of guessing.
+        if template is None:
+            template = "model" if chat_template is not None and R1_USER not in chat_template else "r1"
+        if template not in TEMPLATES:
+            raise R1kitError(f"unknown chat template {template!r}; expected one of {', '.join(TEMPLATES)}")
+        self.template = template
         self.add_bos = add_bos  # the model expects bos at the start of every sequence (R1: true)
         self.bos_id = self._special_id(bos_token)
         self.eos_id = self._special_id(eos_token)
@@ -203,7 +234,8 @@ class Tokenizer:
         jinja_file = tok_file.parent / "chat_template.jinja"  # where newer transformers versions save it
         if template is None and jinja_file.is_file():
             template = jinja_file.read_text(encoding="utf-8")
-        tok = cls(tk, _token_text(cfg.get("bos_token")), _token_text(cfg.get("eos_token")), template)
+        tok = cls(tk, _token_text(cfg.get("bos_token")), _token_text(cfg.get("eos_token")), template,
+                  template=cfg.get("r1kit_template"))
         add_bos = cfg.get("add_bos_token")
         if add_bos is None:  # no config flag: the tokenizer.json post-processor decides, as in transformers
             add_bos = tok.bos_id is not None and tk.encode("", add_special_tokens=True).ids[:1] == [tok.bos_id]
@@ -281,9 +313,11 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: Sequence[Message], template: str = "r1", add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], template: str | None = None,
+               add_generation_prompt: bool = True) -> str:
         """Render a chat with "r1" (render_r1), "r1-zero" (last user message as the question; always ends in
-        "Assistant:") or "model" (this tokenizer's own jinja chat_template)."""
+        "Assistant:") or "model" (this tokenizer's own jinja chat_template); None = the checkpoint's template."""
+        template = template or self.template
         if template == "r1":
             return render_r1(messages, add_generation_prompt)
         if template == "r1-zero":
@@ -298,7 +332,7 @@ class Tokenizer:
             return render_jinja(self.chat_template, messages, self.bos_token, self.eos_token, add_generation_prompt)
         raise R1kitError(f"unknown chat template {template!r}; expected one of {', '.join(TEMPLATES)}")
 
-    def encode_chat(self, messages: Sequence[Message], template: str = "r1") -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], template: str | None = None) -> list[int]:
         """Render and encode a chat prompt with exactly one leading bos (when the model uses bos)."""
         ids = self.encode(self.render(messages, template))
         # The r1 and model templates write bos as text, which encodes to bos_id because bos is an added token; adding
@@ -317,7 +351,9 @@ class Tokenizer:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
             "add_bos_token": self.add_bos,
+            "r1kit_template": self.template,
         }
-        if self.chat_template is not None:
-            cfg["chat_template"] = self.chat_template
+        jinja = {"r1": R1_JINJA, "r1-zero": r1_zero_jinja()}.get(self.template, self.chat_template)
+        if jinja is not None:
+            cfg["chat_template"] = jinja
         (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", "utf-8")

@@ -143,6 +143,10 @@ class DocumentMasked(nn.Module):
         self.model, self.bos_id = model, bos_id
         self.cfg = model.cfg
 
+    @property
+    def lm_head(self):  # chunked log-probs apply the wrapped model's head to the hidden states
+        return self.model.lm_head
+
     def forward(self, ids: torch.Tensor, targets=None, **kw):
         if kw.get("cache") is not None or kw.get("attn_mask") is not None or kw.get("positions") is not None:
             return self.model(ids, targets, **kw)  # a caller that brings its own positions/mask keeps them

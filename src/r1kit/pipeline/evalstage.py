@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1kit.pipeline.evaluate import EvalConfig
+from r1kit.eval.heldout import EvalConfig
 
 
 @dataclass
@@ -16,7 +16,7 @@ class EvalStageConfig(EvalConfig):
 
 def run(cfg: EvalStageConfig, inputs: dict, out: Path, ctx):
     from r1kit.pipeline import modelio
-    from r1kit.pipeline.evaluate import evaluate_model
+    from r1kit.eval.heldout import evaluate_model
     from r1kit.pipeline.runner import StageResult
 
     model, tok, meta = modelio.load(inputs["model"])

@@ -1,6 +1,6 @@
-"""Model folders of the pipeline: an HF checkpoint (config.json, model.safetensors), the tokenizer files, and
-`r1kit_pipeline.json`, which records the prompt template the model was trained for ("r1-zero" or "r1"), so
-sampling and evaluation never guess it from a name (style.md, things to avoid, item 6)."""
+"""Model folders of the pipeline: an HF checkpoint (config.json, model.safetensors), the tokenizer files with the
+prompt template the model was trained for (tokenizer_config.json: `r1kit_template` and the same template as HF
+jinja), and `r1kit_pipeline.json` with the stage's provenance (init, steps)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,11 @@ META = "r1kit_pipeline.json"
 
 def save(model, tok, folder: Path, template: str, **meta) -> Path:
     from r1kit.checkpoint.hf import save_model
+    from r1kit.train import lora
 
     folder = Path(folder)
-    save_model(model, folder)
+    save_model(lora.merged(model) if lora.is_lora(model) else model, folder)  # exported merged
+    tok.template = template
     tok.save(folder)
     (folder / META).write_text(json.dumps({"template": template} | meta, indent=2) + "\n")
     return folder
@@ -26,10 +28,6 @@ def load(folder: Path):
 
     folder = Path(folder)
     meta_path = folder / META
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"template": "r1-zero"}
-    return load_model(folder).float().eval(), Tokenizer.from_file(folder), meta
-
-
-def template_of(folder: Path) -> str:
-    meta_path = Path(folder) / META
-    return json.loads(meta_path.read_text())["template"] if meta_path.exists() else "r1-zero"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    tok = Tokenizer.from_file(folder)
+    return load_model(folder).float().eval(), tok, meta | {"template": tok.template}

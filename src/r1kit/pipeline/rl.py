@@ -1,6 +1,7 @@
 """Stage `rl`: GRPO on a model with rule rewards, language consistency and (optionally) a reward model in the last
 part; used for R1-Zero (template r1-zero), reasoning RL (stage 2), all-scenario RL (stage 4) and the student-RL
-comparison. The step itself is rl.grpo.grpo_step; this file picks prompts, builds the reward and checkpoints.
+comparison. The loop is rl.trainer.train (the one `r1kit zero` runs too); this file picks prompts and builds the
+reward.
 
 Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1kit.rewards.REWARDS):
 - reasoning prompts: the weighted rule rewards (accuracy, format or format_r1, language, ...), with the
@@ -10,23 +11,20 @@ Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1
 A reward that does not apply (language of an empty thought) adds 0, as in rewards.combine; the per-reward logs
 average over the samples it applies to.
 
-Resume: a checkpoint (rl/state.py: policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
+Resume: rl.trainer's checkpoints (policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
 sampling seeds are functions of (seed, step), so a resumed stage continues exactly where it stopped.
 """
 from __future__ import annotations
 
-import copy
-import json
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from r1kit.pipeline.config import file_field
 from r1kit.rl.grpo import GRPOConfig
+from r1kit.train.lora import LoRAConfig
 
 
 @dataclass
@@ -42,6 +40,7 @@ class RLStageConfig:
     rm_last_steps: int = 0  # reward-model reward on general prompts only in the final N steps
     ckpt_every: int = 10
     keep_last: int = 1
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank 0 = full fine-tune
 
 
 def make_reward_fn(cfg: RLStageConfig, rm=None):
@@ -104,13 +103,13 @@ def _batch(task, general: list, n: int, frac: float, rng: random.Random) -> list
 
 
 def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
-    from r1kit.engine.engine import Engine
     from r1kit.errors import R1kitError
     from r1kit.pipeline import modelio
     from r1kit.pipeline.runner import StageResult
+    from r1kit.rl import trainer
+    from r1kit.rl.state import checkpoints
     from r1kit.tasks import ChatTask, chat_examples, get_task
-    from r1kit.rl.grpo import grpo_step
-    from r1kit.rl.state import checkpoints, load_state, save_state
+    from r1kit.train import lora
 
     gc = cfg.grpo
     if cfg.template not in ("r1", "r1-zero"):
@@ -118,10 +117,8 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     if cfg.rm_last_steps and "reward_model" not in inputs:
         raise R1kitError("rl stage: rm_last_steps > 0 needs a `reward_model` input")
     policy, tok, _ = modelio.load(inputs["model"])
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
-    # the engine drops its prefix cache when an optimiser step changes the weights; within a step, prompts share it
-    engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size)
+    if cfg.lora.rank:
+        lora.apply(policy, cfg.lora)
     reasoning = get_task(cfg.task, "train", **cfg.task_kw)
     general = chat_examples(cfg.general) if cfg.general_frac > 0 else []
     task = ChatTask(reasoning) if cfg.template == "r1" else reasoning
@@ -130,33 +127,19 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
         from r1kit.pipeline.reward_model import load_rm
         scorer = load_rm(inputs["reward_model"])
     rm_from = gc.steps - cfg.rm_last_steps + 1 if cfg.rm_last_steps else gc.steps + 1
-    start = 0
-    if checkpoints(out):
-        start = load_state(checkpoints(out)[-1], policy, ref, opt)["step"]
-        ctx.log(f"  resumed from {checkpoints(out)[-1].name} at step {start}")
-    metrics_path = out / "metrics.jsonl"
-    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= start))
     t0 = time.time()
-    rows = [json.loads(ln) for ln in lines if json.loads(ln)["step"] <= start]
-    with metrics_path.open("a") as mf:
-        for step in range(start + 1, gc.steps + 1):
-            if gc.ref_refresh and step > 1 and (step - 1) % gc.ref_refresh == 0:
-                ref.load_state_dict(policy.state_dict())
-            rng = random.Random(gc.seed * 1_000_003 + step)  # data order is a function of the step
-            examples = _batch(reasoning, general, gc.prompts_per_step, cfg.general_frac, rng)
-            reward_fn = make_reward_fn(cfg, scorer if step >= rm_from else None)
-            stats = grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, gc, step)
-            stats |= {"step": step, "rm_active": step >= rm_from}
-            rows.append(stats)
-            mf.write(json.dumps(stats) + "\n")
-            mf.flush()
-            if step % 5 == 0 or step == gc.steps:
-                ctx.log(f"  rl step {step}/{gc.steps} reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} "
-                        f"len {stats['length_mean']:.0f}" + (" (rm on)" if step >= rm_from else ""))
-            if step % cfg.ckpt_every == 0 and step < gc.steps:
-                save_state(out, step, policy, ref, opt, cfg.keep_last)
-    modelio.save(policy, tok, out / "model", template=cfg.template, init=str(inputs["model"]), rl_steps=gc.steps)
+    result = trainer.train(
+        policy, tok, task, gc, out, template=cfg.template,
+        pick=lambda rng, n: _batch(reasoning, general, n, cfg.general_frac, rng),
+        reward_for_step=lambda step: make_reward_fn(cfg, scorer if step >= rm_from else None),
+        ckpt_every=cfg.ckpt_every, keep_last=cfg.keep_last, log=ctx.log)
+    rows = result.rows
+    for r in rows:
+        r["rm_active"] = r["step"] >= rm_from
+    modelio.save(policy, tok, out / "model", template=cfg.template, init=str(inputs["model"]), rl_steps=gc.steps,
+                 lora=lora.config_dict(policy))
+    if lora.is_lora(policy):
+        lora.save_adapter(policy, out / "adapter", base=str(inputs["model"]))
     for ck in checkpoints(out):  # the final model supersedes them
         shutil.rmtree(ck, ignore_errors=True)
     tail = rows[-5:] or [{}]

@@ -58,7 +58,7 @@ class StageSpec:
 class Recipe:
     name: str
     stages: list[StageSpec]
-    eval: dict = field(default_factory=dict)  # EvalConfig fields (pipeline.evaluate)
+    eval: dict = field(default_factory=dict)  # EvalConfig fields (eval.heldout)
     report: dict = field(default_factory=dict)  # {"compare": [stage_a, stage_b], "title": ...}
     source: str = ""
 
@@ -159,7 +159,7 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
     """Run (or skip) every stage of `recipe` in order inside `run_dir`; returns one Record per stage.
 
     registry: kind -> Stage (default: stages.default_registry()). evaluator(model_path, eval_settings) -> metrics
-    evaluates a stage's `model` output (default: pipeline.evaluate.evaluate_path; None results are not shown).
+    evaluates a stage's `model` output (default: eval.heldout.evaluate_path; None results are not shown).
     force: stage names to re-run even if cached. A forced stage keeps its key, so its dependents stay cached;
     name them too to re-run them. until: stop after this stage.
     """
@@ -167,7 +167,7 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
         from r1kit.pipeline.stages import default_registry
         registry = default_registry()
     if evaluator is None:
-        from r1kit.pipeline.evaluate import evaluate_path
+        from r1kit.eval.heldout import evaluate_path
         evaluator = evaluate_path
     configs = check_recipe(recipe, registry)
     unknown = set(force) - set(configs) - {""}

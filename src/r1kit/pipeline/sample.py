@@ -53,7 +53,7 @@ class ColdStartConfig(SampleConfig):
 
 def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, engine) -> list[dict]:
     """Sample and judge one shard of prompts -> one record per sample (kept or with the reason it was dropped)."""
-    from r1kit.pipeline.evaluate import sample
+    from r1kit.eval.heldout import sample
     from r1kit.pipeline.filters import readability, reformat
     from r1kit.tasks import ChatTask
     from r1kit.rewards import chain_of_thought

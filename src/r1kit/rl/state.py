@@ -25,7 +25,12 @@ def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, e
     final = run_dir / f"checkpoint-{step:06d}"
     tmp = run_dir / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(policy, tmp)
+    from r1kit.train import lora
+    if lora.is_lora(policy):  # the merged weights (loadable anywhere) and the adapter the run resumes from
+        save_model(lora.merged(policy), tmp)
+        lora.save_adapter(policy, tmp / "adapter")
+    else:
+        save_model(policy, tmp)
     if tokenizer is not None:  # a checkpoint is self-contained: generate, eval and serve load it as is
         tokenizer.save(tmp)
     state = {"step": step, "optimizer": opt.state_dict(), "ref": ref.state_dict() if ref is not None else None,
@@ -50,13 +55,18 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def load_state(path: Path, policy, ref, opt) -> dict:
     """Restore policy, reference model, optimiser and RNGs in place; returns the saved state (step, extra)."""
+    from r1kit.train import lora
+
     path = Path(path)
-    weights = {from_hf_key(k, policy.cfg): v for k, v in load_state_dict(path).items()}
-    weights = {k: v for k, v in weights.items() if k is not None}
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and policy.cfg.tie_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"{path}: checkpoint mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if lora.is_lora(policy):
+        lora.load_adapter(policy, path / "adapter")
+    else:
+        weights = {from_hf_key(k, policy.cfg): v for k, v in load_state_dict(path).items()}
+        weights = {k: v for k, v in weights.items() if k is not None}
+        missing, unexpected = policy.load_state_dict(weights, strict=False)
+        missing = [m for m in missing if not (m == "lm_head.weight" and policy.cfg.tie_embeddings)]
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: checkpoint mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     if ref is not None and state["ref"] is not None:
         ref.load_state_dict(state["ref"])

@@ -7,19 +7,21 @@ has to discover that thinking pays. The same command trains a real checkpoint wi
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from r1kit.errors import R1kitError
-from r1kit.rl.grpo import GRPOConfig, grpo_step
+from r1kit.eval.heldout import EvalConfig
+from r1kit.rl.grpo import GRPOConfig
+from r1kit.train.lora import DEFAULT_TARGETS, LoRAConfig
 
 DEMO_BASE_CACHE = Path(".cache/r1kit")
 # The demo task: sums of 3-4 digits. A tiny model can learn each step of the scratchpad ("4+3=7 7+1=8") far more
@@ -39,15 +41,6 @@ class BaseConfig:
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
-
-
-@dataclass
-class EvalConfig:
-    problems: int = 200  # held-out problems
-    k: int = 4  # samples per problem; pass@1 is their mean (R1 protocol)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    every: int = 5  # GRPO steps between held-out evaluations (on `problems // 2` problems, k=2)
 
 
 def _examples(task, n: int, rng: random.Random):
@@ -70,7 +63,9 @@ def build_base(task_name: str, task_kw: dict, bc: BaseConfig, log=print):
     folder = DEMO_BASE_CACHE / f"zero-base-{key.hexdigest()[:12]}"
     if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
         log(f"reusing the cached base model {folder}")
-        return load_model(folder), Tokenizer.from_file(folder)
+        tok = Tokenizer.from_file(folder)
+        tok.template = "r1-zero"  # bases cached before templates travelled with checkpoints
+        return load_model(folder), tok
     t0 = time.time()
     torch.manual_seed(bc.seed)
     task = get_task(task_name, split="train", **task_kw)
@@ -83,6 +78,7 @@ def build_base(task_name: str, task_kw: dict, bc: BaseConfig, log=print):
         completion = task.worked_solution(ex) if worked else task.bare_solution(ex, guess=bc.bare_guess)
         docs.append((ex, task.prompt(ex, template="r1-zero"), " " + completion.lstrip(), worked))
     tok = Tokenizer.train_bpe([p + c for _, p, c, _ in docs[:4000]], bc.vocab_size)
+    tok.template = "r1-zero"  # saved with the base: every command then prompts it the way it was trained
     # The base should know how to work step by step yet rarely choose to, as a pretrained LM rarely writes out
     # its reasoning unprompted. So the loss on the choice token (the first one where a worked and a bare
     # completion differ) is kept on all bare documents but only on enough worked ones to make the learnt prior
@@ -115,129 +111,102 @@ def build_base(task_name: str, task_kw: dict, bc: BaseConfig, log=print):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# held-out evaluation
-
-@torch.no_grad()
-def evaluate(engine, tok, task, examples, k: int, temperature: float, top_p: float, max_new_tokens: int,
-             seed: int = 1234) -> dict:
-    """pass@1 (mean over k samples), mean response length (tokens), format and reflective-word rates."""
-    from r1kit.engine.sampling import SamplingParams
-    from r1kit.rewards import get_reward, reflection_rate
-
-    prompts = [tok.encode(task.prompt(ex, template="r1-zero"), add_bos=True) for ex in examples]
-    params = [SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             stop_token_ids=[tok.eos_id], seed=seed + i * k) for i in range(len(prompts))]
-    results = engine.generate(prompts, params, n=k)
-    texts = [tok.decode(r.token_ids, skip_special_tokens=True) for r in results]
-    correct = [task.evaluate(examples[i // k], t) for i, t in enumerate(texts)]
-    fmt = get_reward("format")(texts, [ex.answer for ex in examples for _ in range(k)])
-    return {"pass@1": sum(correct) / len(correct),
-            "length_mean": sum(len(r.token_ids) for r in results) / len(results),
-            "format": sum(f or 0 for f in fmt) / len(fmt),
-            "reflection_rate": sum(map(reflection_rate, texts)) / len(texts),
-            "sample": texts[0]}
-
-
-# --------------------------------------------------------------------------------------------------------------
 
 def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict, gc: GRPOConfig, bc: BaseConfig,
-             ec: EvalConfig, resume: bool = False, ckpt_every: int = 10, keep_last: int = 2, log=print) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from torch.utils.tensorboard import SummaryWriter
-
-    from r1kit.engine.engine import Engine
+             ec: EvalConfig, resume: bool = False, ckpt_every: int = 10, keep_last: int = 2, eval_every: int = 5,
+             lora_cfg: LoRAConfig | None = None, eval_task_kw: dict | None = None, log=print) -> dict:
+    """The R1-Zero recipe on r1kit's one RL loop (rl.trainer) and its one evaluator (eval.heldout)."""
+    from r1kit.eval.heldout import evaluate_examples, held_out
     from r1kit.rewards import combine
-    from r1kit.rl import report
-    from r1kit.rl.state import checkpoints, load_state, save_state
+    from r1kit.rl import report, trainer
     from r1kit.tasks import get_task
+    from r1kit.train import lora
 
     t_start = time.time()
-    run = Path(run_dir)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise R1kitError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose "
-                         f"another --run-dir")
-    run.mkdir(parents=True, exist_ok=True)
+    run = prepare_run_dir(run_dir, resume)
     if model_path:
         from r1kit.engine.load import load_for_inference
-        policy, tok = load_for_inference(model_path)
+        policy, tok = load_for_inference(model_path, dtype=torch.float32)
     else:
         policy, tok = build_base(task_name, task_kw, bc, log)
-    policy.float().eval()
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=gc.lr, weight_decay=gc.weight_decay, betas=(0.9, 0.99))
-    engine = Engine(policy, tok, max_batch=gc.prompts_per_step * gc.group_size)
-    reward_fn = combine(gc.rewards)
+    template = tok.template
+    if lora_cfg is not None and lora_cfg.rank:
+        lora.apply(policy, lora_cfg)
     train_task = get_task(task_name, split="train", **task_kw)
-    test_task = get_task(task_name, split="test", **task_kw)
-    held_out = _examples(test_task, ec.problems, random.Random(12345))
-    quick = held_out[: max(1, ec.problems // 2)]
+    test_task = get_task(task_name, split="test", **(task_kw if eval_task_kw is None else eval_task_kw))
+    held = held_out(test_task, ec.problems, 12345)
+    quick = held[: max(1, ec.problems // 2)]
+    quick_cfg = dataclasses.replace(ec, k=min(2, ec.k))
 
-    def heldout(examples, k):
-        return evaluate(engine, tok, test_task, examples, k, ec.temperature, ec.top_p, gc.max_new_tokens)
+    def evaluate(examples, cfg, engine, model):
+        return evaluate_examples(model, tok, test_task, examples, template, cfg, engine=engine)
 
-    meta_path = run / "run.json"
-    start = 0
-    if resume and checkpoints(run):
-        state = load_state(checkpoints(run)[-1], policy, ref, opt)
-        start, before = state["step"], state["extra"]["before"]
-        log(f"resumed from {checkpoints(run)[-1]} at step {start}")
-    else:
-        before = heldout(held_out, ec.k)
-        meta_path.write_text(json.dumps({"task": task_name, "task_kw": task_kw, "grpo": dataclasses.asdict(gc),
-                                         "base": dataclasses.asdict(bc), "eval": dataclasses.asdict(ec),
-                                         "model": model_path or "tiny demo base"}, indent=2))
-    log(f"held-out before GRPO: pass@1 {before['pass@1']:.1%}, mean length {before['length_mean']:.1f} tokens")
-    metrics_path = run / "metrics.jsonl"
-    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= start]  # drop steps the crash lost
-    metrics_path.write_text("".join(ln + "\n" for ln in kept))
-    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
-    columns = [TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]
-    with Progress(*columns, transient=False) as bar, metrics_path.open("a") as mf:
-        job = bar.add_task("grpo", total=gc.steps, completed=start, info="")
-        for step in range(start + 1, gc.steps + 1):
-            if gc.ref_refresh and step > 1 and (step - 1) % gc.ref_refresh == 0:
-                ref.load_state_dict(policy.state_dict())
-            data_rng = random.Random(gc.seed * 1_000_003 + step)  # data order is a function of the step
-            stats = grpo_step(policy, ref, engine, opt, tok, _examples(train_task, gc.prompts_per_step, data_rng),
-                              train_task, reward_fn, gc, step)
-            if step % ec.every == 0 or step == gc.steps:
-                q = heldout(quick, 2)
-                stats |= {"heldout_pass@1": q["pass@1"], "heldout_length": q["length_mean"]}
-            stats["step"] = step
-            mf.write(json.dumps(stats) + "\n")
-            mf.flush()
-            for k, v in stats.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    writer.add_scalar(k, v, step)
-            bar.update(job, completed=step, info=f"reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} "
-                                                 f"len {stats['length_mean']:.0f}")
-            if step % ckpt_every == 0 or step == gc.steps:
-                save_state(run, step, policy, ref, opt, keep_last, extra={"before": before}, tokenizer=tok)
-    writer.close()
-    after = heldout(held_out, ec.k)
-    log(f"held-out after GRPO: pass@1 {after['pass@1']:.1%}, mean length {after['length_mean']:.1f} tokens")
+    def setup(engine):
+        before = evaluate(held, ec, engine, policy if not lora.is_lora(policy) else lora.merged(policy))
+        (run / "run.json").write_text(json.dumps({"task": task_name, "task_kw": task_kw, "grpo": dataclasses.asdict(gc),
+                                                 "base": dataclasses.asdict(bc), "eval": dataclasses.asdict(ec),
+                                                 "lora": lora.config_dict(policy), "template": template,
+                                                 "model": model_path or "tiny demo base"}, indent=2))
+        log(f"held-out before GRPO: pass@1 {before['pass@1']:.1%}, mean length {before['length']:.1f} tokens")
+        return {"before": before}
+
+    def periodic(step, engine):
+        q = evaluate(quick, quick_cfg, engine, engine.model)
+        return {"heldout_pass@1": q["pass@1"], "heldout_length": q["length"]}
+
+    reward = combine(gc.rewards)
+    result = trainer.train(
+        policy, tok, train_task, gc, run, template=template,
+        pick=lambda rng, n: _examples(train_task, n, rng), reward_for_step=lambda step: reward,
+        evaluate=periodic, eval_every=eval_every, eval_rows=ec.k, ckpt_every=ckpt_every, keep_last=keep_last,
+        log=log, progress=True, setup=setup)
+    before = result.extra["before"]
+    after = evaluate(held, ec, result.engine, result.rollout_model)
+    log(f"held-out after GRPO: pass@1 {after['pass@1']:.1%}, mean length {after['length']:.1f} tokens")
     summary = {"before": before, "after": after, "steps": gc.steps, "seconds": time.time() - t_start}
-    report.write(run, summary, [json.loads(ln) for ln in metrics_path.read_text().splitlines()])
+    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if lora.is_lora(policy):
+        lora.save_adapter(policy, run / "adapter", base=model_path or "")
+    report.write(run, summary, result.rows)
     log(f"report: {run / 'report.md'}")
     return summary
 
 
-def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", steps: int = 60,
-         prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
+def prepare_run_dir(run_dir: str, resume: bool) -> Path:
+    """The run folder, created; one clear error when it cannot be (exists without --resume, not writable)."""
+    run = Path(run_dir)
+    try:
+        if run.exists() and not run.is_dir():
+            raise R1kitError(f"{run}: run folder is a file")
+        if run.exists() and any(run.iterdir()) and not resume:
+            raise R1kitError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose "
+                             f"another --run-dir")
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise R1kitError(f"{run}: cannot use as a run folder ({e.strerror or e})") from None
+    return run
+
+
+def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", eval_data: str = "",
+         steps: int = 60, prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
          max_new_tokens: int = 40, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
-         resume: bool = False, ckpt_every: int = 10) -> None:
+         resume: bool = False, ckpt_every: int = 10, mini_batches: int = 1, mu: int = 1,
+         micro_batch_tokens: int = 16384, grad_checkpointing: str = "auto", lora_rank: int = 0,
+         lora_alpha: float = 32.0, lora_targets: str = ",".join(DEFAULT_TARGETS)) -> None:
     """R1-Zero: GRPO with rule rewards (accuracy + format) on a base model, with held-out pass@1 before and after.
 
     Args:
         run_dir: run folder (metrics.jsonl, TensorBoard events, checkpoints, report.md, plots).
         model: an HF checkpoint folder or GGUF to train; empty = pretrain (or reuse) the tiny demo base.
-        task: arith, countdown, gsm8k, math or jsonl.
+        task: arith, arith-mix, countdown, gsm8k, math or jsonl.
         data: jsonl file for file-backed tasks (gsm8k, math, jsonl).
+        eval_data: held-out jsonl for file-backed tasks; empty = the task's own test split.
         steps: GRPO steps.
         prompts_per_step: questions per step (B).
-        group_size: samples per question (G).
+        group_size: samples per question (G, at least 2: advantages compare a sample with its group).
         lr: learning rate; 0 = 3e-4 for the tiny base, 3e-6 (the paper's) for a real model.
         beta: k3 KL coefficient.
         max_new_tokens: completion length limit.
@@ -246,9 +215,35 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         seed: seed of data order, sampling and the tiny base.
         resume: continue the run in run_dir from its last checkpoint.
         ckpt_every: steps between checkpoints.
+        mini_batches: optimiser steps per rollout batch (R1: 16); old log-probs come from the rollout policy.
+        mu: passes over each rollout batch.
+        micro_batch_tokens: padded tokens per forward/backward (gradients accumulate; 0 = the whole batch at once).
+        grad_checkpointing: on, off or auto (on when activations would crowd memory).
+        lora_rank: train LoRA adapters of this rank instead of every weight (0 = full fine-tune).
+        lora_alpha: LoRA scale numerator (the update is alpha / rank * B A).
+        lora_targets: comma-separated Linear names that get adapters.
     """
+    for name, value, low in (("steps", steps, 1), ("prompts_per_step", prompts_per_step, 1),
+                             ("group_size", group_size, 2), ("max_new_tokens", max_new_tokens, 1),
+                             ("eval_problems", eval_problems, 1), ("ckpt_every", ckpt_every, 1),
+                             ("mini_batches", mini_batches, 1), ("mu", mu, 1), ("lora_rank", lora_rank, 0),
+                             ("micro_batch_tokens", micro_batch_tokens, 0)):
+        if value < low:
+            raise R1kitError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if not (lr >= 0 and math.isfinite(lr)) or beta < 0 or not math.isfinite(beta):
+        raise R1kitError(f"--lr and --beta must be finite and >= 0, got lr {lr}, beta {beta}")
+    if mini_batches > prompts_per_step * group_size:
+        raise R1kitError(f"--mini-batches {mini_batches} is more than the {prompts_per_step * group_size} rollouts "
+                         f"of a step")
     task_kw = {"path": data} if data else DEMO_TASKS.get(task, {})
+    eval_kw = {"path": eval_data} if eval_data else None
     gc = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                    lr=lr or (3e-6 if model else 3e-4), beta=beta, max_new_tokens=max_new_tokens, seed=seed)
-    run_zero(run_dir, model or None, task, task_kw, gc, BaseConfig(steps=base_steps, seed=seed),
-             EvalConfig(problems=eval_problems), resume=resume, ckpt_every=ckpt_every)
+                    lr=lr or (3e-6 if model else 3e-4), beta=beta, max_new_tokens=max_new_tokens, seed=seed,
+                    mini_batches=mini_batches, mu=mu, micro_batch_tokens=micro_batch_tokens,
+                    grad_checkpointing=grad_checkpointing)
+    ec = EvalConfig(task=task, problems=eval_problems, k=4, temperature=0.6, top_p=0.95,
+                    max_new_tokens=max_new_tokens, seed=1234)
+    lc = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=[t for t in lora_targets.split(",") if t]) \
+        if lora_rank else None
+    run_zero(run_dir, model or None, task, task_kw, gc, BaseConfig(steps=base_steps, seed=seed), ec,
+             resume=resume, ckpt_every=ckpt_every, lora_cfg=lc, eval_task_kw=eval_kw)

@@ -1,9 +1,10 @@
-"""Sampling k completions per prompt with the engine, and the per-stage evaluation the report shows.
+"""The held-out evaluator of training runs: `r1kit zero`, every pipeline stage and the RL loop's periodic checks.
 
-`sample(...)` is shared by evaluation, cold-start data and rejection sampling. `evaluate_model` reports, over the
+`sample(...)` is shared by evaluation, cold-start data and rejection sampling. `evaluate_examples` reports, over
 held-out problems of a task: pass@1 (mean over k samples, the R1 protocol), mean response length in tokens, the
-strict format rate of the model's template, and language consistency (R1-v2 Eq. 7, averaged over samples whose
-chain of thought has words).
+strict format rate of the model's template, the reflective-word rate, the truncated share and language consistency
+(R1-v2 Eq. 7, averaged over samples whose chain of thought has words). Benchmarks with the full protocol and a
+report are r1kit.eval.runner's job (`r1kit eval`).
 """
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def sample(model, tok, task, examples, k: int, template: str, temperature: float
     from r1kit.engine.engine import Engine
     from r1kit.engine.sampling import SamplingParams
 
-    engine = engine or Engine(model.eval(), tok, max_batch=min(256, chunk * k))
+    engine = engine or Engine(model.eval(), tok, max_batch=min(256, chunk * k),
+                              max_seq_len=max_new_tokens + max(len(prompt_ids(tok, task, ex, template))
+                                                               for ex in examples[:256]) * 2 + 64)
+    chunk = max(1, min(chunk, engine.max_batch // k))  # a group of k must fit the engine's rows
     out = []
     for c in range(0, len(examples), chunk):
         part = examples[c:c + chunk]
@@ -55,24 +59,35 @@ def sample(model, tok, task, examples, k: int, template: str, temperature: float
     return out
 
 
-def evaluate_model(model, tok, template: str, cfg: EvalConfig) -> dict:
-    from r1kit.rewards import chain_of_thought, format_ok, format_r1_ok, language_consistency
+def held_out(task, problems: int, seed: int) -> list:
+    """The same `problems` test examples for every evaluation of a run (seeded choice)."""
+    idx = random.Random(seed).sample(range(len(task)), min(problems, len(task)))
+    return [task[i] for i in idx]
 
-    task = get_task(cfg.task, "test", **cfg.task_kw)
-    idx = random.Random(cfg.seed).sample(range(len(task)), min(cfg.problems, len(task)))
-    examples = [task[i] for i in idx]
+
+def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig, engine=None) -> dict:
+    """The metrics of the module docstring for k samples of each example, with cfg's sampling settings."""
+    from r1kit.rewards import chain_of_thought, format_ok, format_r1_ok, language_consistency, reflection_rate
+
     scorer = ChatTask(task) if template == "r1" else task
     samples = sample(model, tok, task, examples, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                     cfg.seed)
+                     cfg.seed, engine=engine)
     fmt = format_r1_ok if template == "r1" else format_ok
     langs = [language_consistency(chain_of_thought(s.text), s.example.meta.get("lang") or "en") for s in samples]
     scored = [x for x in langs if x is not None]
-    return {"pass@1": sum(scorer.evaluate(s.example, s.text) for s in samples) / len(samples),
-            "length": sum(s.tokens for s in samples) / len(samples),
-            "format": sum(fmt(s.text) for s in samples) / len(samples),
+    n = len(samples)
+    return {"pass@1": sum(scorer.evaluate(s.example, s.text) for s in samples) / n,
+            "length": sum(s.tokens for s in samples) / n,
+            "format": sum(fmt(s.text) for s in samples) / n,
+            "reflection_rate": sum(reflection_rate(s.text) for s in samples) / n,
             "lang_consistency": sum(scored) / len(scored) if scored else float("nan"),
-            "truncated": sum(s.truncated for s in samples) / len(samples),
+            "truncated": sum(s.truncated for s in samples) / n,
             "template": template, "sample": samples[0].text}
+
+
+def evaluate_model(model, tok, template: str, cfg: EvalConfig) -> dict:
+    task = get_task(cfg.task, "test", **cfg.task_kw)
+    return evaluate_examples(model, tok, task, held_out(task, cfg.problems, cfg.seed), template, cfg)
 
 
 def evaluate_path(model_path: str, settings: dict) -> dict:

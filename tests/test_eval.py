@@ -296,8 +296,14 @@ def test_r1_zero_template_and_model_template_errors(tiny_ckpt, tmp_path):
     rep = eval_cmd(str(tiny_ckpt), "countdown", k=1, limit=2, max_new_tokens=8, out_dir=str(tmp_path),
                    template="r1-zero")
     assert rep["n_samples"] == 2 and rep["settings"]["template"] == "r1-zero"
-    with pytest.raises(R1kitError, match="chat_template"):  # the built-in tokenizer has no jinja template
-        eval_cmd(str(tiny_ckpt), "arith", k=1, limit=1, max_new_tokens=8, out_dir=str(tmp_path), template="model")
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_ckpt, bare)
+    conf = json.loads((bare / "tokenizer_config.json").read_text())
+    conf.pop("chat_template"), conf.pop("r1kit_template")
+    (bare / "tokenizer_config.json").write_text(json.dumps(conf))
+    with pytest.raises(R1kitError, match="chat_template"):  # a tokenizer with no jinja template
+        eval_cmd(str(bare), "arith", k=1, limit=1, max_new_tokens=8, out_dir=str(tmp_path), template="model")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

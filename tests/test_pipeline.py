@@ -303,16 +303,17 @@ def test_rl_stage_resumes_mid_stage_exactly(tmp_path, tiny_model_dir, monkeypatc
     rl.run(cfg, {"model": tiny_model_dir}, full, Ctx())
     real_step = grpo.grpo_step
 
-    def crash_at_3(*args):
+    def crash_at_3(*args, **kw):
         if args[-1] == 3:
             raise RuntimeError("killed")
-        return real_step(*args)
+        return real_step(*args, **kw)
 
-    monkeypatch.setattr(grpo, "grpo_step", crash_at_3)
+    import r1kit.rl.trainer as trainer
+    monkeypatch.setattr(trainer, "grpo_step", crash_at_3)
     with pytest.raises(RuntimeError, match="killed"):
         rl.run(cfg, {"model": tiny_model_dir}, crashed, Ctx())
     assert (crashed / "checkpoint-000002").is_dir() and not (crashed / "model").exists()
-    monkeypatch.setattr(grpo, "grpo_step", real_step)
+    monkeypatch.setattr(trainer, "grpo_step", real_step)
     logs = []
     rl.run(cfg, {"model": tiny_model_dir}, crashed, type("C", (), {"log": staticmethod(logs.append)})())
     assert any("resumed from checkpoint-000002 at step 2" in s for s in logs)

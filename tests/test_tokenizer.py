@@ -274,3 +274,24 @@ def test_train_bpe_compresses_template_and_keeps_tags(tmp_path):
     assert Tokenizer.train_bpe(texts, 384).encode(texts[7]) == tok.encode(texts[7])  # deterministic
     tok.save(tmp_path)
     assert Tokenizer.from_file(tmp_path).encode(texts[5]) == ids
+
+
+@pytest.mark.parametrize("template", ["r1", "r1-zero"])
+def test_template_travels_with_the_checkpoint_as_hf_jinja(tmp_path, template):
+    """tokenizer_config.json records which template the model was trained for, and a jinja chat_template that
+    renders the same text as r1kit's own renderer (what transformers' apply_chat_template would produce)."""
+    from r1kit.tokenizer import render_jinja
+    tok = Tokenizer.builtin()
+    tok.template = template
+    tok.save(tmp_path)
+    back = Tokenizer.from_file(tmp_path)
+    assert back.template == template
+    chats = [[{"role": "user", "content": "What is 2+3?"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+              {"role": "assistant", "content": "<think>x</think>\n\nHello"}, {"role": "user", "content": "7*8?"}]]
+    for msgs in chats:
+        want = tok.render(msgs)
+        if template == "r1-zero":
+            want = tok.bos_token + want  # the jinja writes bos as text; encode_chat adds it as an id otherwise
+        assert render_jinja(back.chat_template, msgs, tok.bos_token, tok.eos_token, True) == want
+        assert back.encode_chat(msgs) == tok.encode_chat(msgs)

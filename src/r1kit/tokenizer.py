@@ -353,7 +353,11 @@ class Tokenizer:
             "add_bos_token": self.add_bos,
             "r1kit_template": self.template,
         }
-        jinja = {"r1": R1_JINJA, "r1-zero": r1_zero_jinja()}.get(self.template, self.chat_template)
+        jinja = self.chat_template  # a model's own template (R1's official one included) is kept as it is
+        if self.template == "r1-zero":
+            jinja = r1_zero_jinja()
+        elif self.template == "r1" and (jinja is None or R1_USER not in jinja):
+            jinja = R1_JINJA
         if jinja is not None:
             cfg["chat_template"] = jinja
         (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", "utf-8")

@@ -12,7 +12,7 @@ TEMPLATES = ("r1", "r1-zero", "model", "none")
 
 def generate(model: str, prompt: str = "What is the sum of the first 100 positive integers?", n: int = 1,
              temperature: float = 0.6, top_p: float = 0.95, top_k: int = 0, max_new_tokens: int = 512,
-             seed: int | None = None, template: str = "r1", device: str | None = None, compile: bool = False) -> None:
+             seed: int | None = None, template: str = "", device: str | None = None, compile: bool = False) -> None:
     """Generate completions of one prompt and stream them to the terminal.
 
     Args:
@@ -24,8 +24,8 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
         top_k: keep the k most likely tokens; 0 = off.
         max_new_tokens: the most tokens per sample.
         seed: makes the samples reproducible (sample j uses seed + j); unset = random.
-        template: r1 (DeepSeek-R1 chat), r1-zero (the R1-Zero RL prompt), model (the tokenizer's own chat
-            template) or none (the prompt as is).
+        template: empty = the checkpoint's own (saved with it); r1 (DeepSeek-R1 chat), r1-zero (the R1-Zero RL
+            prompt), model (the tokenizer's own chat template) or none (the prompt as is).
         device: cpu or cuda; default cuda when available (bf16), else cpu (fp32).
         compile: compile the decode step (static shapes; CUDA graphs on GPU).
     """
@@ -33,7 +33,7 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
     from r1kit.engine.load import load_for_inference, spec_kind
     from r1kit.engine.sampling import SamplingParams
 
-    if template not in TEMPLATES:
+    if template and template not in TEMPLATES:
         raise R1kitError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
     if not prompt:
         raise R1kitError("empty prompt")
@@ -45,6 +45,7 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the preset warning, printed above in CLI form
         net, tok = load_for_inference(model, device=device)
+    template = template or tok.template  # the template the checkpoint was trained for
     if template == "none":
         ids = tok.encode(prompt, add_bos=tok.add_bos)
     else:

@@ -16,7 +16,7 @@ def default_out_dir(model: str, bench: str) -> str:
 
 def eval_cmd(model: str, bench: str = "", k: int = 64, limit: int = 0, max_new_tokens: int = 32768,
              temperature: float = 0.6, top_p: float = 0.95, out_dir: str = "", concurrency: int = 8,
-             base_url: str = "", seed: int = 0, template: str = "r1", data: str = "") -> dict:
+             base_url: str = "", seed: int = 0, template: str = "", data: str = "") -> dict:
     """Evaluate a model on a benchmark with the DeepSeek-R1 protocol: k samples per problem, pass@1 ± stderr,
     pass@k, cons@k, truncation and thinking length; resumable (a rerun skips samples already in out_dir).
 
@@ -35,8 +35,9 @@ def eval_cmd(model: str, bench: str = "", k: int = 64, limit: int = 0, max_new_t
         base_url: an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of the in-process engine; the
             API key, if any, is read from $OPENAI_API_KEY.
         seed: base seed; sample j of a problem uses a seed derived from (seed, problem id) plus j.
-        template: r1 (R1 chat template with the <think> prefill, rendered as text for tokenizers without R1
-            tokens), model (the tokenizer's own chat template) or r1-zero (the R1-Zero text prompt).
+        template: empty = the checkpoint's own (saved with it); r1 (R1 chat template with the <think> prefill,
+            rendered as text for tokenizers without R1 tokens), model (the tokenizer's own chat template) or r1-zero
+            (the R1-Zero text prompt).
         data: the benchmark's data file, replacing the default copy in shared/benchmarks (same format).
     """
     from r1kit.eval.benchmarks import get_bench
@@ -45,13 +46,15 @@ def eval_cmd(model: str, bench: str = "", k: int = 64, limit: int = 0, max_new_t
 
     if concurrency < 1:
         raise R1kitError(f"concurrency must be >= 1, got {concurrency}")
-    cfg = RunConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                    template=template, limit=limit, chunk_samples=max(64, 8 * concurrency))
     b = get_bench(bench, data=data)
     if base_url:
         sampler = OpenAISampler(base_url, model, concurrency=concurrency)
+        template = template or "r1"
     else:
-        sampler = EngineSampler.from_spec(model, template=template, max_batch=concurrency)
+        sampler = EngineSampler.from_spec(model, template=template or None, max_batch=concurrency)
+        template = sampler.template  # the checkpoint's own unless given
+    cfg = RunConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                    template=template, limit=limit, chunk_samples=max(64, 8 * concurrency))
         ctx = sampler.model.cfg.max_seq_len
         if max_new_tokens >= ctx:
             print(f"note: max_new_tokens={max_new_tokens} is capped by the model's context of {ctx} tokens "

@@ -97,12 +97,13 @@ class EngineSampler:
 
     Args:
         model: a Transformer in eval mode; tokenizer: its r1kit Tokenizer.
-        template: "r1" or "model" for chat prompts.
+        template: "r1", "model" or "r1-zero"; None = the checkpoint's own (tokenizer.template).
         max_batch: sequences decoded together (engine slots).
         model_id: a name for records (e.g. the checkpoint path).
     """
 
-    def __init__(self, model, tokenizer, template: str = "r1", max_batch: int = 8, model_id: str = "model"):
+    def __init__(self, model, tokenizer, template: str | None = None, max_batch: int = 8, model_id: str = "model"):
+        template = template or tokenizer.template  # None: the template the checkpoint was trained for
         if template not in ("r1", "model", "r1-zero"):
             raise R1kitError(f"unknown template {template!r}; expected r1, model or r1-zero")
         if max_batch < 1:
@@ -114,7 +115,7 @@ class EngineSampler:
         self._think_id = tokenizer.token_to_id(THINK_CLOSE)
 
     @classmethod
-    def from_spec(cls, spec: str, template: str = "r1", max_batch: int = 8, device=None) -> EngineSampler:
+    def from_spec(cls, spec: str, template: str | None = None, max_batch: int = 8, device=None) -> EngineSampler:
         """Load a checkpoint folder, a .gguf file or a preset with r1kit.engine.load.load_for_inference."""
         from r1kit.engine.load import load_for_inference
 

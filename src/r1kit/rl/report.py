@@ -17,7 +17,7 @@ def plot(run: Path, rows: list[dict], before: dict | None = None) -> list[str]:
     names = []
     for key, label, fname in curves:
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        start = {"heldout_pass@1": "pass@1", "length_mean": "length_mean", "reflection_rate": "reflection_rate"}
+        start = {"heldout_pass@1": "pass@1", "length_mean": "length", "reflection_rate": "reflection_rate"}
         if before is not None and pts:  # step 0: the base model, measured on the full held-out set
             pts.insert(0, (0, before[start[key]]))
         if not pts:
@@ -37,14 +37,14 @@ def plot(run: Path, rows: list[dict], before: dict | None = None) -> list[str]:
 def write(run: Path, summary: dict, rows: list[dict]) -> Path:
     b, a = summary["before"], summary["after"]
     pngs = plot(run, rows, b)
-    ratio = a["length_mean"] / max(b["length_mean"], 1e-9)
+    ratio = a["length"] / max(b["length"], 1e-9)
     lines = [
         "# R1-Zero run report", "",
         f"{summary['steps']} GRPO steps; the whole job (base model, evaluations, GRPO) took {summary['seconds']:.0f} s,"
         " as measured by this run. Step 0 of each curve is the base model.", "",
         "| held-out metric | base | after GRPO |", "|---|---|---|",
         f"| pass@1 | {b['pass@1']:.1%} | {a['pass@1']:.1%} |",
-        f"| mean response length (tokens) | {b['length_mean']:.1f} | {a['length_mean']:.1f} ({ratio:.2f}x) |",
+        f"| mean response length (tokens) | {b['length']:.1f} | {a['length']:.1f} ({ratio:.2f}x) |",
         f"| strict format rate | {b['format']:.1%} | {a['format']:.1%} |",
         f"| reflective words per response | {b['reflection_rate']:.3f} | {a['reflection_rate']:.3f} |", "",
         "## A held-out sample", "", "Before:", "", "```", b["sample"], "```", "", "After:", "", "```",

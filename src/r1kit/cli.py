@@ -86,9 +86,10 @@ def _commands() -> dict:
     from r1kit.rl.zero import zero
     from r1kit.serve.app import serve
     from r1kit.serve.chat import chat
+    from r1kit.train.memory import plan
 
     return {"params": params, "convert": convert, "generate": generate, "zero": zero, "eval": eval_cmd,
-            "serve": serve, "chat": chat, "sample": sample, "pipeline": pipeline, "demo": demo}
+            "serve": serve, "chat": chat, "sample": sample, "pipeline": pipeline, "demo": demo, "plan": plan}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -53,12 +53,12 @@ def eval_cmd(model: str, bench: str = "", k: int = 64, limit: int = 0, max_new_t
     else:
         sampler = EngineSampler.from_spec(model, template=template or None, max_batch=concurrency)
         template = sampler.template  # the checkpoint's own unless given
-    cfg = RunConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                    template=template, limit=limit, chunk_samples=max(64, 8 * concurrency))
         ctx = sampler.model.cfg.max_seq_len
         if max_new_tokens >= ctx:
             print(f"note: max_new_tokens={max_new_tokens} is capped by the model's context of {ctx} tokens "
                   f"(minus the prompt)")
+    cfg = RunConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                    template=template, limit=limit, chunk_samples=max(64, 8 * concurrency))
     report = run_eval(sampler, b, cfg, out_dir or default_out_dir(model, b.name))
     m = report["metrics"]
     line = (f"{b.name}: pass@1 = {100 * m['pass@1']:.2f} ± {100 * m['pass@1_stderr']:.2f} "

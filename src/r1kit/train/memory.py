@@ -171,3 +171,55 @@ def configure_checkpointing(model, cfg) -> Plan:
                     checkpointing=cfg.grad_checkpointing, lora_rank=lr, beta=getattr(cfg, "beta", 0.0), rl=rl)
     model.grad_checkpointing = plan.checkpointing
     return plan
+
+
+def plan(model: str, prompts_per_step: int = 16, group_size: int = 8, prompt_tokens: int = 256,
+         max_new_tokens: int = 1024, micro_batch_tokens: int = 16384, grad_checkpointing: str = "auto",
+         lora_rank: int = 0, beta: float = 0.001, device: str = "cpu", memory_gib: float = 0.0,
+         sft: bool = False) -> dict:
+    """Estimate the peak memory of a GRPO (or SFT) step before running it, and say whether it fits.
+
+    Args:
+        model: a preset name (e.g. r1-distill-qwen-7b), an HF checkpoint folder or a .gguf file.
+        prompts_per_step: questions per step (B).
+        group_size: samples per question (G).
+        prompt_tokens: a typical prompt's length in tokens.
+        max_new_tokens: the completion length limit.
+        micro_batch_tokens: padded tokens per forward/backward (0 = the whole batch at once).
+        grad_checkpointing: on, off or auto.
+        lora_rank: LoRA adapters of this rank instead of a full fine-tune (0 = full).
+        beta: the KL coefficient (> 0 keeps a reference model, unless LoRA).
+        device: cpu or cuda (CUDA: bf16 compute with fp32 master weights).
+        memory_gib: the memory to plan against (0 = what is free on this machine's device).
+        sft: plan a supervised step instead (no reference, no engine).
+    """
+    from r1kit.cli import resolve_config
+    from r1kit.errors import R1kitError
+
+    if device not in ("cpu", "cuda"):
+        raise R1kitError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not memory_gib:
+        import torch
+        if not torch.cuda.is_available():
+            raise R1kitError("--device cuda on a machine without CUDA: give --memory-gib (e.g. 80 for an H100)")
+    for name, v in (("prompts_per_step", prompts_per_step), ("group_size", group_size),
+                    ("max_new_tokens", max_new_tokens)):
+        if v < 1:
+            raise R1kitError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    cfg = resolve_config(model)
+    budget = memory_gib * GiB if memory_gib else available_bytes(device)
+    rl = None if sft else RLShape(prompts_per_step, group_size, prompt_tokens, max_new_tokens)
+    p = estimate(cfg, device=device, micro_batch_tokens=micro_batch_tokens, checkpointing=grad_checkpointing,
+                 lora_rank=lora_rank, beta=0.0 if sft else beta, rl=rl, budget=budget)
+    print(f"{model}: {'SFT' if sft else 'GRPO'} step, {device}, "
+          + ("" if sft else f"{prompts_per_step} x {group_size} x ({prompt_tokens} + {max_new_tokens}) tokens, ")
+          + f"micro-batches of {micro_batch_tokens} tokens" + (f", LoRA rank {lora_rank}" if lora_rank else ""))
+    print(p.table())
+    fits = p.total <= budget
+    print(f"{'fits' if fits else 'does NOT fit'} in {budget / GiB:.1f} GiB")
+    if not fits:
+        try:
+            check(p, device, budget)
+        except R1kitError as e:
+            print(str(e).split("; ", 1)[-1])
+    return {"total_gib": p.total / GiB, "fits": fits, "checkpointing": p.checkpointing}

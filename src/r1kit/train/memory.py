@@ -89,9 +89,6 @@ def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 16384, checkpo
         tokens = min(tokens, rl.rows * seq)
     full = tokens * c.n_layers * _act_floats_per_token_layer(c) * act_b
     ckpt_acts = tokens * c.dim * c.n_layers * 4 + tokens * _act_floats_per_token_layer(c) * act_b
-    avail = budget if budget is not None else available_bytes(device)
-    on = checkpointing == "on" or (checkpointing == "auto" and full > 0.25 * avail)
-    parts["activations (micro-batch)"] = ckpt_acts if on else full
     parts["logits chunk"] = chunk_rows(c.vocab_size) * c.vocab_size * 4.0 * 3
     if rl is not None:
         seq = rl.prompt_tokens + rl.new_tokens
@@ -101,8 +98,12 @@ def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 16384, checkpo
         if lora_rank:
             parts["rollout copy (merged)"] = P * 4.0
         parts["rollout batch"] = rl.rows * seq * 8.0 * 4  # ids, masks, old/ref log-probs
-    plan = Plan(parts, on)
-    return plan
+    # auto: recompute blocks only when keeping every activation would take over half the free memory (the
+    # recompute costs about one more forward, ~30% of a training pass)
+    avail = budget if budget is not None else available_bytes(device)
+    on = checkpointing == "on" or (checkpointing == "auto" and sum(parts.values()) + full > 0.5 * avail)
+    parts["activations (micro-batch)"] = ckpt_acts if on else full
+    return Plan(parts, on)
 
 
 def _lora_params(c, r: int) -> int:

@@ -83,7 +83,8 @@ def test_extract_answer_r1_template_requires_think_close():
         ("<think>a</think> <answer><answer>1</answer></answer>", False),  # nested answer
         ("<think>a</think> <answer></answer>", False),  # empty answer (Visual-RFT#176)
         ("<think>a</think> <answer>  \n </answer>", False),  # blank answer
-        ("<think></think> <answer>1</answer>", False),  # empty thought
+        ("<think></think> <answer>1</answer>", True),  # empty thought: format does not pay for thinking
+        ("<think>\n</think>\n<answer>1</answer>", True),
         ("<think>a</think> 15", False),  # answer outside the tags
         ("<think>a</think> <answer>1</answer> and also 2", False),  # text after </answer>
         ("Sure! <think>a</think> <answer>1</answer>", False),  # text before <think>
@@ -179,15 +180,17 @@ def test_registry_and_combine():
                      params={"overlong": {"max_len": 100, "cache_len": 20}})
     completions = [
         "<think>First 7+8=15</think> <answer>15</answer>",  # right, well-formed, English
-        "<think>7+8=15</think> 15",  # right number but no answer tag or box: accuracy 0, format 0
+        "<think>7+8=15</think> 15",  # right, free-form answer section (scored as evaluation does), format 0
         "<think>先算 7+8=16</think> <answer>16</answer>",  # wrong, well-formed, Chinese
+        "<think>7+8=15</think> so",  # no answer at all
     ]
-    total, per_fn = reward(completions, ["15"] * 3, lengths=[10, 10, 90], lang="en")
-    assert per_fn["accuracy"] == [1.0, 0.0, 0.0]
-    assert per_fn["format"] == [1.0, 0.0, 1.0]
-    assert per_fn["language"] == [1.0, None, 0.0]  # None: no words in "7+8=15"
-    assert per_fn["overlong"] == pytest.approx([0.0, 0.0, -0.5])
-    assert total == pytest.approx([2.5, 0.0, 0.5])
+    total, per_fn = reward(completions, ["15"] * 4, lengths=[10, 10, 90, 10], lang="en")
+    assert per_fn["accuracy"] == [1.0, 1.0, 0.0, 0.0]
+    assert per_fn["format"] == [1.0, 0.0, 1.0, 0.0]
+    assert per_fn["language"] == [1.0, None, 0.0, None]  # None: no words in "7+8=15"
+    assert per_fn["overlong"] == pytest.approx([0.0, 0.0, -0.5, 0.0])
+    # language does not apply to samples 2 and 4: they count its mean over the batch, (1 + 0) / 2
+    assert total == pytest.approx([2.5, 1.25, 0.5, 0.25])
     with pytest.raises(R1kitError, match="not in specs"):
         combine({"format": 1.0}, params={"overlong": {}})
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from r1kit.errors import R1kitError
-from r1kit.rewards import REWARDS, check_countdown, combine, format_ok, parse_expr, UnsafeExpression
+from r1kit.rewards import REWARDS, check_countdown, combine, format_ok, format_r1_ok, parse_expr, UnsafeExpression
 from r1kit.tasks import (
     ArithTask,
     CountdownTask,
@@ -89,9 +89,12 @@ def test_worked_solutions_score_one(task):
         w = task.worked_solution(ex, template="r1")
         assert task.evaluate(ex, w, template="r1") == 1.0
         assert REWARDS["format_r1"]([w], [ex.answer]) == [1.0]
-    # Bare solutions: right answer, empty thought (format 0 by design); guesses are mostly wrong.
+    # Bare solutions: right answer, empty thought, well formed (the format reward does not pay for thinking), in both
+    # templates; guesses are mostly wrong.
     bare = [task.bare_solution(ex) for ex in examples]
-    assert all(task.evaluate(ex, b) == 1.0 and not format_ok(b) for ex, b in zip(examples, bare))
+    assert all(task.evaluate(ex, b) == 1.0 and format_ok(b) for ex, b in zip(examples, bare))
+    bare_r1 = [task.bare_solution(ex, template="r1") for ex in examples]
+    assert all(task.evaluate(ex, b, template="r1") == 1.0 and format_r1_ok(b) for ex, b in zip(examples, bare_r1))
     guesses = [task.evaluate(ex, task.bare_solution(ex, guess=True)) for ex in examples]
     assert sum(guesses) < len(examples) / 2
 

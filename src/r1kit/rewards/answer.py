@@ -1,4 +1,5 @@
-"""Answer extraction from completions (evaluation.md sections 4-5, r1-recipe.md 10.3).
+"""Answer extraction from completions: the one function, `extract`, that RL rewards, `Task.evaluate` and the
+evaluation harness all use (evaluation.md sections 4-5, r1-recipe.md 10.3).
 
 Rules, in order, for one completion (the text generated after the prompt):
 
@@ -12,12 +13,16 @@ Rules, in order, for one completion (the text generated after the prompt):
    non-blank content, and that content is the answer (two answers, nesting or an empty tag -> no answer: reward
    hacking cases open-r1#359, Visual-RFT#176). Otherwise the content of the LAST `\\boxed{...}` (or `\\fbox{}`,
    `\\boxed x`) is the answer; a hedged "\\boxed{5} ... wait, \\boxed{6}" therefore answers 6.
-5. No tag and no box -> no answer. There is no last-number fallback.
+5. No tag and no box: after a closed thought, the whole answer section is a free-form answer (`free=True`): the math
+   rule lets math-verify find the answer in it ("Final Answer: 7", "$7,425,000$"), the literal and countdown rules
+   require the section to be the bare value or expression. Without any think tag there is no answer: the
+   last-number fallback would credit unfinished reasoning (evaluation.md 5.3).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from r1kit.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, R1_EOS, THINK_CLOSE, THINK_OPEN
 
@@ -89,8 +94,41 @@ def answer_tag(section: str) -> tuple[bool, str | None]:
     return True, (content or None)
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """What a completion answers. `answer`: the tag content or the last box, or with `free` the answer section
+    itself (rule 5); None when there is no answer, and then `problem` says why."""
+
+    answer: str | None
+    free: bool = False
+    problem: str = ""
+
+
+def extract(text: str, require_think: bool = False) -> Extraction:
+    """The final answer of a completion under rules 1-5 of the module docstring.
+
+    >>> extract("<think>7+8=15</think> <answer>15</answer>")
+    Extraction(answer='15', free=False, problem='')
+    >>> extract("7+8=15</think> The sum is 15.", require_think=True)
+    Extraction(answer='The sum is 15.', free=True, problem='')
+    """
+    section = answer_section(text, require_think)
+    if section is None:
+        return Extraction(None, problem="not answered (no </think>)")
+    has_tags, content = answer_tag(section)
+    if has_tags:
+        return Extraction(content, problem="" if content else "malformed <answer> tags")
+    boxed = last_boxed(section)
+    if boxed is not None:
+        return Extraction(boxed)
+    if THINK_CLOSE in strip_eos(text) and section.strip():
+        return Extraction(section.strip(), free=True)
+    return Extraction(None, problem="no <answer> tag or \\boxed{}")
+
+
 def extract_answer(text: str, require_think: bool = False) -> str | None:
-    """The final answer string of a completion, or None (see the module docstring for the rules).
+    """The answer in a tag or box (rules 1-4; free-form sections give None), for callers that need the answer string
+    itself, such as the readability filter.
 
     >>> extract_answer("<think>7+8=15</think> <answer>15</answer>")
     '15'
@@ -99,10 +137,5 @@ def extract_answer(text: str, require_think: bool = False) -> str | None:
     >>> extract_answer("<think>hmm \\\\boxed{5}") is None
     True
     """
-    section = answer_section(text, require_think)
-    if section is None:
-        return None
-    has_tags, content = answer_tag(section)
-    if has_tags:
-        return content
-    return last_boxed(section)
+    ex = extract(text, require_think)
+    return None if ex.free else ex.answer

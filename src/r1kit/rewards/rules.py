@@ -82,7 +82,7 @@ def grade(completions: Sequence[str], golds: Sequence[str], template: str = "r1-
     """
     n = len(completions)
     if len(golds) != n:
-        raise R1kitError(f"accuracy reward got {n} completions for {len(golds)} golds")
+        raise R1kitError(f"grading got {n} completions for {len(golds)} golds")
     metas = [getattr(ex, "meta", None) or {} for ex in _per_sample(examples, n, "examples")]
     return _grade(completions, golds, metas, template, truncated, timeout_s)
 
@@ -151,9 +151,7 @@ def countdown(completions: Sequence[str], golds: Sequence[str], template: str = 
             value, numbers = parse_expr(normalize_expr(g))
         except UnsafeExpression as e:
             raise R1kitError(f"countdown reward: gold {g!r} is not an arithmetic expression ({e})") from None
-        if value.denominator != 1:
-            raise R1kitError(f"countdown reward: gold {g!r} is not a whole number")
-        metas.append({"verifier": "countdown", "numbers": numbers, "target": int(value)})
+        metas.append({"verifier": "countdown", "numbers": numbers, "target": value})
     if len(golds) != len(completions):
         raise R1kitError(f"countdown reward got {len(completions)} completions for {len(golds)} golds")
     return [float(g.correct) for g in _grade(completions, golds, metas, template, truncated, None)]

@@ -131,7 +131,7 @@ class ArithTask(SyntheticTask):
     """
 
     name = "arith"
-    verifier = "literal"
+    verifier = "literal"  # math equivalence would accept the restated question ("9+8+9" for 26)
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_terms=(2, 4),
                  max_operand: int = 9, ops: str = "+-*", lang: str | None = None, **slice_kw):
@@ -157,9 +157,8 @@ class ArithTask(SyntheticTask):
             ask, first, then, end = _ARITH_WORDS[self.lang]
             question = ask.format(expr)
             scratchpad = first.format(steps[0]) + "".join(then.format(s) for s in steps[1:]) + end
-        # "verifier": the answer must be a literal number; math equivalence would accept the restated question.
         return Example(question, str(value), {"expr": expr, "numbers": numbers, "ops": ops, "steps": steps,
-                                              "scratchpad": scratchpad, "verifier": self.verifier})
+                                              "scratchpad": scratchpad})
 
     def guess(self, example: Example) -> str:
         # The classic mistake: evaluate left to right, ignoring precedence; else off by a little.
@@ -190,7 +189,7 @@ class CountdownTask(SyntheticTask):
     """
 
     name = "countdown"
-    verifier = "countdown"
+    verifier = "countdown"  # math equivalence with the gold expression would accept the bare target
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_numbers=3,
                  max_number: int = 20, max_target: int = 100, lang: str | None = None, **slice_kw):
@@ -230,9 +229,8 @@ class CountdownTask(SyntheticTask):
         expr, target, steps = built
         shown = ", ".join(map(str, numbers))
         question = f"用 {shown} 算出 {target}" if self.lang == "zh" else f"Use {shown} to make {target}"
-        # "verifier": the countdown rule, not math equivalence with the gold (which would accept the bare target).
         return Example(question, expr, {"numbers": numbers, "target": target, "steps": steps,
-                                        "scratchpad": " ".join(steps), "verifier": self.verifier})
+                                        "scratchpad": " ".join(steps)})
 
     def guess(self, example: Example) -> str:
         # A random expression over the same numbers: well-formed, right by chance only.

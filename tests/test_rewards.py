@@ -361,3 +361,16 @@ def test_rl_accuracy_and_evaluation_share_one_extraction():
     harness = [float(s.correct) for s in score_math(golds, texts)]
     task = [Task().evaluate(Example("q", g), t, template="r1") for g, t in zip(golds, texts)]
     assert rl == harness == task == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_boxes_side_by_side_form_one_answer_but_a_hedge_does_not():
+    # One extraction for RL and evaluation must keep what the harness accepted before: several boxes listed as one
+    # answer (evaluation.md 5.1) are joined; a box after other words is a new answer.
+    from r1kit.rewards import extract
+
+    assert extract("x</think>So \\[\\boxed{(1, 2)}, \\boxed{(2, 1)}\\]").answer == "(1, 2), (2, 1)"
+    assert extract("x</think>$\\boxed{1}$ and $\\boxed{2}$").answer == "1, 2"
+    assert extract("x</think>\\boxed{5} ... wait, \\boxed{6}").answer == "6"
+    assert extract("x</think>\\boxed{5} or \\boxed{6}").answer == "6"
+    gold = "$(2,1),(1,2)$"
+    assert REWARDS["accuracy"](["x</think>\\boxed{(1, 2)}, \\boxed{(2, 1)}"], [gold], template="r1") == [1.0]

@@ -12,7 +12,8 @@ Rules, in order, for one completion (the text generated after the prompt):
 4. In the answer section: if any `<answer>`/`</answer>` tag appears there must be exactly one well-formed pair with
    non-blank content, and that content is the answer (two answers, nesting or an empty tag -> no answer: reward
    hacking cases open-r1#359, Visual-RFT#176). Otherwise the content of the LAST `\\boxed{...}` (or `\\fbox{}`,
-   `\\boxed x`) is the answer; a hedged "\\boxed{5} ... wait, \\boxed{6}" therefore answers 6.
+   `\\boxed x`) is the answer, joined with the boxes right before it when only separators stand between them
+   ("\\boxed{1}, \\boxed{2}" answers "1, 2"); a hedged "\\boxed{5} ... wait, \\boxed{6}" therefore answers 6.
 5. No tag and no box: after a closed thought, the whole answer section is a free-form answer (`free=True`): the math
    rule lets math-verify find the answer in it ("Final Answer: 7", "$7,425,000$"), the literal and countdown rules
    require the section to be the bare value or expression. Without any think tag there is no answer: the
@@ -47,15 +48,9 @@ def answer_section(text: str, require_think: bool = False) -> str | None:
     return text
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces allowed) or `\\boxed x`; None if absent.
-
-    An unbalanced last box (generation cut inside it) gives None rather than an earlier box.
-    """
-    matches = list(_BOX.finditer(text))
-    if not matches:
-        return None
-    i = matches[-1].end()
+def _box(text: str, m: re.Match) -> tuple[str | None, int]:
+    """(content, end) of the box whose command `m` matched; content None when it is unbalanced or empty."""
+    i = m.end()
     rest = text[i:]
     stripped = rest.lstrip()
     if stripped.startswith("{"):
@@ -71,13 +66,46 @@ def last_boxed(text: str) -> str | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start:j].strip() or None
+                    return text[start:j].strip() or None, j + 1
             j += 1
-        return None
+        return None, len(text)
     if rest[:1] == " ":  # "\boxed 5": the next whitespace-delimited token
-        m = re.match(r"\s*([^\s$]+)", rest)
-        return m.group(1).rstrip(".") if m else None
-    return None
+        m2 = re.match(r"\s*([^\s$]+)", rest)
+        return (m2.group(1).rstrip(".") or None, i + m2.end()) if m2 else (None, i)
+    return None, i
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces allowed) or `\\boxed x`; None if absent.
+
+    An unbalanced last box (generation cut inside it) gives None rather than an earlier box.
+    """
+    matches = list(_BOX.finditer(text))
+    return _box(text, matches[-1])[0] if matches else None
+
+
+# What may stand between boxes that together form one answer: "\boxed{1}, \boxed{2} and \boxed{3}".
+_BOX_JOINER = re.compile(r"(?:\s|[,;$]|\\[][(),;]|\\q?quad|\band\b|\\text\{\s*and\s*\})*")
+
+
+def final_boxed(text: str) -> str | None:
+    """The last box, joined (", ") with the boxes right before it when only separators stand between them:
+    several boxes can form one answer (evaluation.md 5.1, Math-Verify #57), while a hedged "\\boxed{5} ... wait,
+    \\boxed{6}" still answers 6. None when there is no box or the last one is unbalanced."""
+    matches = list(_BOX.finditer(text))
+    if not matches:
+        return None
+    boxes = [_box(text, m) for m in matches]
+    if boxes[-1][0] is None:
+        return None
+    parts = [boxes[-1][0]]
+    for k in range(len(boxes) - 2, -1, -1):
+        content, end = boxes[k]
+        gap = (end, matches[k + 1].start())
+        if content is None or gap[0] > gap[1] or not _BOX_JOINER.fullmatch(text, *gap):
+            break
+        parts.append(content)
+    return ", ".join(reversed(parts))
 
 
 def answer_tag(section: str) -> tuple[bool, str | None]:
@@ -118,7 +146,7 @@ def extract(text: str, require_think: bool = False) -> Extraction:
     has_tags, content = answer_tag(section)
     if has_tags:
         return Extraction(content, problem="" if content else "malformed <answer> tags")
-    boxed = last_boxed(section)
+    boxed = final_boxed(section)
     if boxed is not None:
         return Extraction(boxed)
     if THINK_CLOSE in strip_eos(text) and section.strip():

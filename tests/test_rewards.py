@@ -83,7 +83,8 @@ def test_extract_answer_r1_template_requires_think_close():
         ("<think>a</think> <answer><answer>1</answer></answer>", False),  # nested answer
         ("<think>a</think> <answer></answer>", False),  # empty answer (Visual-RFT#176)
         ("<think>a</think> <answer>  \n </answer>", False),  # blank answer
-        ("<think></think> <answer>1</answer>", False),  # empty thought
+        ("<think></think> <answer>1</answer>", True),  # empty thought: format does not pay for thinking
+        ("<think>\n</think>\n<answer>1</answer>", True),
         ("<think>a</think> 15", False),  # answer outside the tags
         ("<think>a</think> <answer>1</answer> and also 2", False),  # text after </answer>
         ("Sure! <think>a</think> <answer>1</answer>", False),  # text before <think>
@@ -179,15 +180,17 @@ def test_registry_and_combine():
                      params={"overlong": {"max_len": 100, "cache_len": 20}})
     completions = [
         "<think>First 7+8=15</think> <answer>15</answer>",  # right, well-formed, English
-        "<think>7+8=15</think> 15",  # right number but no answer tag or box: accuracy 0, format 0
+        "<think>7+8=15</think> 15",  # right, free-form answer section (scored as evaluation does), format 0
         "<think>先算 7+8=16</think> <answer>16</answer>",  # wrong, well-formed, Chinese
+        "<think>7+8=15</think> so",  # no answer at all
     ]
-    total, per_fn = reward(completions, ["15"] * 3, lengths=[10, 10, 90], lang="en")
-    assert per_fn["accuracy"] == [1.0, 0.0, 0.0]
-    assert per_fn["format"] == [1.0, 0.0, 1.0]
-    assert per_fn["language"] == [1.0, None, 0.0]  # None: no words in "7+8=15"
-    assert per_fn["overlong"] == pytest.approx([0.0, 0.0, -0.5])
-    assert total == pytest.approx([2.5, 0.0, 0.5])
+    total, per_fn = reward(completions, ["15"] * 4, lengths=[10, 10, 90, 10], lang="en")
+    assert per_fn["accuracy"] == [1.0, 1.0, 0.0, 0.0]
+    assert per_fn["format"] == [1.0, 0.0, 1.0, 0.0]
+    assert per_fn["language"] == [1.0, None, 0.0, None]  # None: no words in "7+8=15"
+    assert per_fn["overlong"] == pytest.approx([0.0, 0.0, -0.5, 0.0])
+    # language does not apply to samples 2 and 4: they count its mean over the batch, (1 + 0) / 2
+    assert total == pytest.approx([2.5, 1.25, 0.5, 0.25])
     with pytest.raises(R1kitError, match="not in specs"):
         combine({"format": 1.0}, params={"overlong": {}})
 
@@ -281,3 +284,93 @@ def test_pathological_answer_times_out_and_pool_recovers():
     # The pool works afterwards, through the public API too.
     assert math_accuracy("</think> \\boxed{\\dfrac{1}{3}}", "1/3") == 1.0
     assert v.equivalent(["\\sqrt{2}"], ["\\sqrt{3}"]) == [False]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loopholes (issue 16): each test below fails on the code before the fix.
+
+
+@pytest.mark.parametrize("fmt, thought, answer", [
+    ("format", "<think>{}</think> <answer>16</answer>", None),
+    ("format_r1", "{}\n</think>\n\nThe answer is $\\boxed{{16}}$.", None),
+])
+def test_format_reward_does_not_pay_for_thinking(fmt, thought, answer):
+    # An empty thought followed by a valid answer is as well formed as a long one: thinking must earn its place
+    # through accuracy, not through the format reward.
+    texts = [thought.format(t) for t in ("", "\n", "9+7=16", "First 9+7=16, then check it again.")]
+    assert REWARDS[fmt](texts, ["16"] * len(texts)) == [1.0] * len(texts)
+
+
+def test_not_applicable_reward_is_neutral_between_thinking_and_not():
+    # Same prompt, same right answer, same format: an empty thought, a wordless thought, no thought at all and a
+    # one-word thought must get the same total. The language reward does not apply to the first three (None).
+    class Ex:
+        question, answer = "9+7", "16"
+
+    language_only, _ = combine({"language": 1.0})(["<think></think> <answer>16</answer>",
+                                                    "<think>sum</think> <answer>16</answer>"], ["16"] * 2)
+    assert language_only[0] == language_only[1] == 1.0
+    texts = ["<think></think> <answer>16</answer>", "<think>9+7=16</think> <answer>16</answer>",
+             "<answer>16</answer>", "<think>sum</think> <answer>16</answer>"]
+    reward = combine({"accuracy": 1.0, "format": 1.0, "language": 1.0})
+    total, per_fn = reward(texts, ["16"] * 4, examples=[Ex()] * 4)
+    assert per_fn["language"] == [None, None, None, 1.0]
+    assert per_fn["format"] == [1.0, 1.0, 0.0, 1.0]  # no <think> block at all is still a format error
+    assert total[0] == total[1] == total[3] == pytest.approx(3.0)
+    # Neutral means "as good as the samples of the same prompt it applies to", never a fixed 0 or 1.
+    mixed = ["<think></think> <answer>16</answer>", "<think>sum 合</think> <answer>16</answer>"]  # language 1/2
+    total, _ = reward(mixed, ["16"] * 2, examples=[Ex()] * 2)
+    assert total == pytest.approx([2.5, 2.5])
+
+
+def test_neutral_fill_is_per_prompt_group():
+    from r1kit.rewards import neutral_fill
+
+    assert neutral_fill([None, 1.0, 0.0, None, None, 0.5], [[0, 1, 2], [3, 4], [5]]) == [0.5, 1.0, 0.0, 0.0, 0.0, 0.5]
+
+
+def test_truncated_completions_score_zero_in_every_answer_reward():
+    done = "<think>8*3=24 24-4=20</think> <answer>8*3-4</answer>"
+    reward = combine({"accuracy": 1.0, "countdown": 1.0})
+
+    class Ex:
+        question, answer = "Use 8, 3, 4 to make 20", "(8*3)-4"
+        meta = {"verifier": "countdown", "numbers": [8, 3, 4], "target": 20}
+
+    total, per_fn = reward([done, done], ["(8*3)-4"] * 2, examples=[Ex(), Ex()], truncated=[False, True])
+    assert per_fn == {"accuracy": [1.0, 0.0], "countdown": [1.0, 0.0]} and total == [2.0, 0.0]
+    total, _ = reward([done], ["(8*3)-4"], examples=[Ex()])  # the keyword stays optional
+    assert total == [2.0]
+
+
+ONE_PATH_CASES = [  # (gold, completion after the R1 prompt)
+    ("42", "x</think>The answer is 42."),  # free-form answer section: math-verify reads it
+    ("6", "x</think>\\boxed{5} ... wait, \\boxed{\\frac{12}{2}}"),  # hedged: the last box answers
+    ("5", "x</think><answer>5</answer>"),
+    ("5", "so \\boxed{5}\n</think>\n\nI am not sure."),  # box inside the thought only
+    ("5", "I think the answer is \\boxed{5}"),  # never finished thinking
+]
+
+
+def test_rl_accuracy_and_evaluation_share_one_extraction():
+    from r1kit.eval.benchmarks import score_math
+    from r1kit.tasks import Example, Task
+
+    golds, texts = [g for g, _ in ONE_PATH_CASES], [t for _, t in ONE_PATH_CASES]
+    rl = REWARDS["accuracy"](texts, golds, template="r1")
+    harness = [float(s.correct) for s in score_math(golds, texts)]
+    task = [Task().evaluate(Example("q", g), t, template="r1") for g, t in zip(golds, texts)]
+    assert rl == harness == task == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_boxes_side_by_side_form_one_answer_but_a_hedge_does_not():
+    # One extraction for RL and evaluation must keep what the harness accepted before: several boxes listed as one
+    # answer (evaluation.md 5.1) are joined; a box after other words is a new answer.
+    from r1kit.rewards import extract
+
+    assert extract("x</think>So \\[\\boxed{(1, 2)}, \\boxed{(2, 1)}\\]").answer == "(1, 2), (2, 1)"
+    assert extract("x</think>$\\boxed{1}$ and $\\boxed{2}$").answer == "1, 2"
+    assert extract("x</think>\\boxed{5} ... wait, \\boxed{6}").answer == "6"
+    assert extract("x</think>\\boxed{5} or \\boxed{6}").answer == "6"
+    gold = "$(2,1),(1,2)$"
+    assert REWARDS["accuracy"](["x</think>\\boxed{(1, 2)}, \\boxed{(2, 1)}"], [gold], template="r1") == [1.0]

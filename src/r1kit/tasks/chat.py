@@ -117,7 +117,9 @@ class ChatTask:
 
     def evaluate(self, example: Example, completion: str, template: str = "r1") -> float:
         if example.meta.get("kind") == "general":
-            return float(completion.split("</think>")[-1].strip() == example.answer.strip())
+            from r1kit.rewards import answer_section
+            section = answer_section(completion, require_think=True)  # no closed thought: no answer
+            return float(section is not None and section.strip() == example.answer.strip())
         return self.task.evaluate(example, completion, template="r1")
 
 

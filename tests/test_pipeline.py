@@ -258,11 +258,36 @@ def test_sample_stage_plumbing(tmp_path, tiny_model_dir):
                        shard_prompts=4, benchmarks=False)
     path, stats = build(tiny_model_dir, cfg, tmp_path / "out")
     assert path.name == "data-v1.jsonl" and sorted(p.name for p in (tmp_path / "out/shards").iterdir()) == \
-        ["00000.jsonl", "00001.jsonl"]
+        sorted(f"{k}.jsonl" for k in stats["shards"]) and len(set(stats["shards"])) == 2
     assert stats["samples"] == 12 and sum(v for k, v in stats["counts"].items() if k != "kept") == 12
     assert stats["reasoning_rows"] == 0 and stats["general_rows"] == 0  # mixing is relative to the reasoning rows
     path2, stats2 = build(tiny_model_dir, cfg, tmp_path / "out")  # shards are reused: no new sampling
     assert path2 == path and stats2["counts"] == stats["counts"]
+
+
+def _shard_questions(out, stats) -> list[str]:
+    return [json.loads(line)["question"] for k in stats["shards"]
+            for line in (out / "shards" / f"{k}.jsonl").read_text().splitlines()]
+
+
+def test_sample_rerun_with_other_settings_never_reuses_shards(tmp_path, tiny_model_dir):
+    """Shards are keyed by everything that makes their rows: a rerun into the same folder with another task (or
+    temperature) samples that task afresh, and its stats name the real source."""
+    from r1kit.pipeline.sample import SampleConfig, build, model_sha256
+    from r1kit.pipeline.tasks import make_task
+
+    out = tmp_path / "out"
+    base = dict(prompts=4, k=2, max_new_tokens=8, general_frac=0.0, shard_prompts=4, benchmarks=False, decontam_n=0)
+    _, first = build(tiny_model_dir, SampleConfig(task="arith", task_kw={"n_terms": 2}, **base), out)
+    _, second = build(tiny_model_dir, SampleConfig(task="countdown", **base), out)
+    countdown = {ex.question for ex in make_task("countdown", "train")}
+    arith_q, countdown_q = _shard_questions(out, first), _shard_questions(out, second)
+    assert set(first["shards"]).isdisjoint(second["shards"])
+    assert countdown_q and set(countdown_q) <= countdown and not set(arith_q) & countdown
+    assert second["task"] == "countdown" and second["samples"] == len(countdown_q) == 8
+    assert second["model_sha256"] == model_sha256(tiny_model_dir)
+    _, hotter = build(tiny_model_dir, SampleConfig(task="countdown", temperature=0.5, **base), out)
+    assert hotter["temperature"] == 0.5 and set(hotter["shards"]).isdisjoint(second["shards"])
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Rewards: answer extraction, format, language consistency, length, registry, and the math verifier pool."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -374,3 +375,33 @@ def test_boxes_side_by_side_form_one_answer_but_a_hedge_does_not():
     assert extract("x</think>\\boxed{5} or \\boxed{6}").answer == "6"
     gold = "$(2,1),(1,2)$"
     assert REWARDS["accuracy"](["x</think>\\boxed{(1, 2)}, \\boxed{(2, 1)}"], [gold], template="r1") == [1.0]
+
+SCORE_SNIPPET = ("from r1kit.rewards.verifier import Verifier\n"
+                 "v = Verifier(max_workers=1, timeout_s=30)\n"
+                 "print(v.equivalent(['\\\\frac{1}{2}', '3'], ['0.5', '4']), v.stats()['pool'])\n")
+
+
+@pytest.mark.parametrize("how", ["python -c", "heredoc", "plain script", "thread in a script"])
+def test_verifier_works_without_a_main_guard(how, tmp_path):
+    """A `python -c` one-liner, a heredoc script (`python - <<EOF`) and a plain script that scores from a thread, none
+    guarded by `if __name__ == "__main__":`, get math-verify's answers (the pool never re-imports their main)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if how == "python -c":
+        r = subprocess.run([sys.executable, "-c", SCORE_SNIPPET], capture_output=True, text=True, env=env, timeout=120)
+    elif how == "heredoc":
+        r = subprocess.run(f"{sys.executable} - <<'EOF'\n{SCORE_SNIPPET}EOF\n", shell=True, capture_output=True,
+                           text=True, env=env, timeout=120, cwd=tmp_path)
+    elif how == "plain script":
+        (tmp_path / "score.py").write_text(SCORE_SNIPPET)
+        r = subprocess.run([sys.executable, str(tmp_path / "score.py")], capture_output=True, text=True, env=env,
+                           timeout=120)
+    else:
+        script = tmp_path / "score.py"
+        body = "".join("    " + line + "\n" for line in SCORE_SNIPPET.splitlines())
+        script.write_text(f"import threading\ndef work():\n{body}t = threading.Thread(target=work)\nt.start()\nt.join()\n")
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[True, False] 1", (r.stdout, r.stderr[-1000:])

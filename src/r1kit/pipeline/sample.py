@@ -8,11 +8,17 @@ The two stages are one function with different defaults. Cold start (R1 stage 1)
 stage on the final teacher. Every sample's fate is counted in the stats: truncated, incorrect, no_answer, the
 readability filter it failed (filters.py), duplicate, contaminated, over the per-prompt cap, or kept.
 
-Resume: prompts are processed in shards of `shard_prompts`; each finished shard is a file in `shards/`, and a
-re-run after a crash samples only the missing shards (seeds derive from the prompt index, so shards agree).
+Resume: prompts are processed in shards of `shard_prompts`; each finished shard is a file `shards/KEY.jsonl`, and a
+re-run after a crash samples only the missing shards (seeds derive from the prompt index, so shards agree). KEY is a
+sha256 over everything that determines the shard's rows: the model folder's bytes, its prompt template, the task and
+its arguments, the shard's own questions and answers (so the data file and the prompt choice), k, temperature,
+top-p, the token limit, the seed and the readability filters. A re-run with any other setting into the same folder
+samples afresh; it never relabels another run's samples.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 from collections import Counter
@@ -78,6 +84,27 @@ def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, 
     return out
 
 
+def model_sha256(folder: Path) -> str:
+    """sha256 over the names and bytes of every file in a model folder (weights, config, tokenizer, template)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder).as_posix()}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def shard_key(model_hash: str, template: str, cfg: SampleConfig, examples, first: int) -> str:
+    """The name of a shard's file: a hash of everything its rows depend on (see the module docstring)."""
+    blob = {"model": model_hash, "template": template, "task": cfg.task, "task_kw": cfg.task_kw,
+            "examples": [[ex.question, str(ex.answer)] for ex in examples], "first": first, "k": cfg.k,
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed, "filters": dataclasses.asdict(cfg.filters)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Path, dict]:
     """Sample, judge, dedupe, decontaminate and mix; write out/NAME-vN.jsonl (+ .stats.json) -> (path, stats)."""
     from r1kit.engine.engine import Engine
@@ -92,12 +119,14 @@ def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Pa
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(model, tok, max_batch=min(256, 32 * cfg.k))
-    records = []
+    model_hash = model_sha256(model_path)
+    records, keys = [], []
     for first in range(0, len(idx), cfg.shard_prompts):
-        path = shard_dir / f"{first // cfg.shard_prompts:05d}.jsonl"
+        examples = [task[i] for i in idx[first:first + cfg.shard_prompts]]
+        keys.append(shard_key(model_hash, template, cfg, examples, first))
+        path = shard_dir / f"{keys[-1]}.jsonl"
         if not path.exists():
-            rows = _shard(model, tok, template, task, [task[i] for i in idx[first:first + cfg.shard_prompts]], cfg,
-                          first, engine)
+            rows = _shard(model, tok, template, task, examples, cfg, first, engine)
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             tmp.replace(path)
@@ -147,7 +176,9 @@ def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Pa
         n_general = want
     random.Random(cfg.seed + 1).shuffle(rows)
     kept_tokens = [r["tokens"] for r in records if r["reason"] is None]
-    stats = {"source_model": str(model_path), "template": template, "task": cfg.task, "prompts": len(idx),
+    stats = {"source_model": str(model_path), "model_sha256": model_hash, "template": template, "task": cfg.task,
+             "task_kw": cfg.task_kw, "k": cfg.k, "temperature": cfg.temperature, "top_p": cfg.top_p,
+             "seed": cfg.seed, "shards": keys, "prompts": len(idx),
              "samples": len(records), "counts": dict(counts), "reasoning_rows": counts["kept"],
              "general_rows": n_general, "prompts_covered": len(per_prompt),
              "mean_kept_tokens": sum(kept_tokens) / max(len(kept_tokens), 1),

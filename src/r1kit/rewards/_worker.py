@@ -1,4 +1,5 @@
-"""Worker-process side of the math verifier (imported only inside verifier pool processes).
+"""Worker-process side of the math verifier: `python -m r1kit.rewards._worker` serves calls from
+r1kit.rewards.verifier.WorkerPool on stdin/stdout (length-prefixed pickles), one at a time.
 
 math-verify's own timeouts use `signal.alarm`, which works only in a process's main thread (Math-Verify #50) and
 was silently swallowed in other frameworks (verl PR #5635, trl PR #5281). Here they are switched off
@@ -9,6 +10,8 @@ worker instead (r1kit/rewards/verifier.py).
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
 from functools import lru_cache
 
 import math_verify.grader
@@ -41,3 +44,28 @@ def check(gold: str, pred: str) -> bool:
 def ping() -> bool:
     """Used by the parent to start workers (and pay the first-parse cost) before any item's clock starts."""
     return check("1", "$1$")
+
+
+def serve() -> None:
+    """Answer (function, args) calls until stdin closes; results and exceptions go back as (ok, value)."""
+    from r1kit.rewards.verifier import recv_msg, send_msg
+
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print in a library must not corrupt the reply stream
+    while True:
+        try:
+            fn, args = recv_msg(inp)
+        except EOFError:
+            return
+        try:
+            reply = (True, fn(*args))
+        except Exception as e:  # noqa: BLE001 - the parent counts and logs it
+            reply = (False, e)
+        try:
+            send_msg(out, reply)
+        except pickle.PicklingError:
+            send_msg(out, (False, RuntimeError(repr(reply[1])[:500])))
+
+
+if __name__ == "__main__":
+    serve()

@@ -8,12 +8,14 @@ running beside the stuck one are resubmitted, not failed. Every timeout, error a
 (`verifier_stats()`) and logged, never swallowed: a verifier that silently returns 0 looks exactly like a model that
 learns nothing (verl PR #5635, trl PR #5281).
 
-Scripts: workers are started with forkserver/spawn, which import the main module, so a script that scores math
-answers must keep its work under `if __name__ == "__main__":` (as for torch DataLoader workers).
+Any caller works: plain scripts, heredocs, `python -c`, notebooks and threads, with no `if __name__ == "__main__":`
+guard. The workers are fresh interpreters (`python -m r1kit.rewards._worker`, with the caller's sys.path) that
+talk over pipes; unlike multiprocessing's spawn and forkserver children they never re-import the caller's main
+module, and unlike fork they copy nothing from a multi-threaded parent.
 
 Pool details: at most `max_workers` items are in flight, so a submitted item starts at once and its clock measures
-its own run time, not time spent queued. Workers come from the `forkserver` start method (`spawn` where there is none)
-with math-verify preloaded in the server, so a restart after a kill costs milliseconds, not a fresh import.
+its own run time, not time spent queued. A new pool pings every worker before any item's clock starts, so the
+start-up import (about 0.4 s) is never charged to an item.
 
     v = Verifier(max_workers=4, timeout_s=5)
     v.equivalent(["\\\\frac{1}{2}", "18"], ["0.5", "18"])      # [True, True]; "18" never reaches the pool
@@ -23,14 +25,18 @@ with math-verify preloaded in the server, so a restart after a kill costs millis
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
+import pickle
+import queue
 import re
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from r1kit.errors import R1kitError
@@ -99,14 +105,98 @@ def _ping() -> bool:
     return _worker.ping()
 
 
-def _mp_context():
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        # The server imports these once; workers are forked from it. "__main__" is kept (the default) so workers do
-        # not each re-run the main script's imports. No effect if the forkserver is already running.
-        ctx.set_forkserver_preload(["__main__", "r1kit.rewards._worker"])
-        return ctx
-    return mp.get_context("spawn")
+def send_msg(f, obj) -> None:
+    """One length-prefixed pickle on a pipe (the pool's wire format, both directions)."""
+    data = pickle.dumps(obj)
+    f.write(struct.pack("<Q", len(data)) + data)
+    f.flush()
+
+
+def recv_msg(f):
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError("worker pipe closed")
+    (n,) = struct.unpack("<Q", head)
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError("worker pipe closed")
+    return pickle.loads(data)
+
+
+class WorkerPool:
+    """The few ProcessPoolExecutor calls the verifier uses (submit, shutdown, kill via `_processes`), on worker
+    interpreters started with subprocess: one thread per worker feeds it one call at a time; a worker that dies
+    fails its call with BrokenProcessPool and breaks the pool, as ProcessPoolExecutor does."""
+
+    def __init__(self, max_workers: int, max_tasks_per_child: int | None = None):
+        self.max_tasks_per_child = max_tasks_per_child
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._broken = self._closed = False
+        self._threads = [threading.Thread(target=self._serve, daemon=True, name="r1kit-verifier")
+                         for _ in range(max_workers)]
+        for t in self._threads:
+            t.start()
+
+    def _start(self) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen([sys.executable, "-m", "r1kit.rewards._worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env)
+        with self._lock:
+            self._processes[proc.pid] = proc
+        return proc
+
+    def _serve(self) -> None:
+        proc, done = None, 0
+        while True:
+            item = self._todo.get()
+            if item is None:
+                break
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                if proc is None or (self.max_tasks_per_child and done >= self.max_tasks_per_child):
+                    if proc is not None:
+                        proc.stdin.close()
+                        proc.wait()
+                    proc, done = self._start(), 0
+                send_msg(proc.stdin, (fn, args))
+                ok, value = recv_msg(proc.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError) as e:
+                self._broken = True
+                fut.set_exception(BrokenProcessPool(f"a verifier worker died ({type(e).__name__})"))
+                break
+            done += 1
+            fut.set_result(value) if ok else fut.set_exception(value)
+        if proc is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def submit(self, fn, *args) -> Future:
+        if self._broken or self._closed:
+            raise BrokenProcessPool("the verifier pool is broken") if self._broken else RuntimeError("pool closed")
+        fut: Future = Future()
+        self._todo.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self._closed = True
+        while cancel_futures:
+            try:
+                item = self._todo.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self._threads:
+            self._todo.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -128,7 +218,7 @@ class Verifier:
         self.max_workers = max_workers or max(1, min(8, (os.cpu_count() or 2) // 2))
         self.timeout_s = float(timeout_s)
         self.max_tasks_per_child = max_tasks_per_child
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._lock = threading.Lock()  # one batch at a time owns the pool
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
@@ -191,19 +281,15 @@ class Verifier:
                 out[i] = ok
         return out
 
-    def _ensure_pool(self) -> ProcessPoolExecutor:
+    def _ensure_pool(self) -> WorkerPool:
         if self._pool is None:
-            pool = ProcessPoolExecutor(self.max_workers, mp_context=_mp_context(),
-                                       max_tasks_per_child=self.max_tasks_per_child)
+            pool = WorkerPool(self.max_workers, max_tasks_per_child=self.max_tasks_per_child)
             try:
                 for f in [pool.submit(_ping) for _ in range(self.max_workers)]:
                     f.result(timeout=STARTUP_TIMEOUT_S)
             except Exception as e:  # setup problem (e.g. math-verify missing): fail loudly, never score silent zeros
                 _kill(pool)
-                hint = ""
-                if isinstance(e, (RuntimeError, BrokenProcessPool)):
-                    hint = "; a script that scores math answers must run under `if __name__ == \"__main__\":`"
-                raise R1kitError(f"math verifier: worker processes failed to start ({type(e).__name__}){hint}") from e
+                raise R1kitError(f"math verifier: worker processes failed to start ({type(e).__name__}: {e})") from e
             self._pool = pool
         return self._pool
 
@@ -271,18 +357,21 @@ class Verifier:
         return results
 
 
-def _kill(pool: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor cannot cancel a running call; killing its processes (a private attribute, stable since
-    # Python 3.2) breaks the pool, which then shuts down without waiting for the stuck SymPy call.
-    procs = list(getattr(pool, "_processes", {}).values())
+def _kill(pool: WorkerPool) -> None:
+    # A running call cannot be cancelled: killing the workers breaks the pool, which then shuts down without waiting
+    # for the stuck SymPy call.
+    procs = list(pool._processes.values())
     for p in procs:
         try:
             p.kill()
-        except Exception:  # noqa: BLE001 - already gone
+        except OSError:  # already gone
             pass
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
-        p.join(timeout=5)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def pipeline(recipe: str, run_dir: str = "", force: str = "", until: str = "", t
     print(f"report: {path}")
 
 
-def sample(model: str, out: str = "data/sft.jsonl", task: str = "arith-mix", prompts: int = 300, k: int = 4,
+def sample(model: str, out: str = "runs/sft.jsonl", task: str = "arith-mix", prompts: int = 300, k: int = 4,
            temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64, max_per_prompt: int = 2,
            general: str = "", general_frac: float = 0.1, decontam_n: int = 13, min_consistency: float = 0.99,
            seed: int = 0) -> None:

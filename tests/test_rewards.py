@@ -29,7 +29,7 @@ from r1kit.tokenizer import R1_EOS
 CASES = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "verifier_cases.jsonl"
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Extraction (evaluation.md section 4 golden stripping cases, r1-recipe.md 10.3)
+# Extraction (docs/EVAL.md "Scoring": no `</think>`, two, an empty thought, a box only in the thought, hedged boxes)
 
 
 @pytest.mark.parametrize(
@@ -249,10 +249,10 @@ def test_accuracy_rejects_hedged_answers():
 def test_verifier_cases_agreement():
     """Agreement of `verify(gold, prediction)` (gold parsed with LaTeX + expression extraction, bare golds wrapped in
     $...$; prediction parsed from the free-form text with boxed answers first) with `expected` on
-    shared/benchmarks/verifier_cases.jsonl. Measured: 31/31 = 1.00 with math-verify 0.9.0.
+    data/verifier_cases.jsonl. Measured: 31/31 = 1.00 with math-verify 0.9.0.
 
-    Known math-verify 0.9.0 gaps (evaluation.md 5.3), not covered by the 31 rows and so not asserted here: "3e5" in
-    prose reads as 3; `1 - \\frac{1}{\\mathrm{e}}` parses as 1; a gold "1331 and 1728" without $ parses to 1728 only
+    Known math-verify 0.9.0 gaps (docs/EVAL.md, "The math verifier"), not covered by the 31 rows and so not asserted
+    here: "3e5" in prose reads as 3; `1 - \\frac{1}{\\mathrm{e}}` parses as 1; a gold "1331 and 1728" without $ parses to 1728 only
     (r1kit wraps bare golds in $...$, which gives the set); gold 10 accepts \\boxed{10\\%}; no degree/radian conversion.
     """
     if not CASES.is_file():

@@ -1,4 +1,4 @@
-"""The full R1 recipe as one resumable pipeline (r1-recipe.md section 4), and its building blocks.
+"""The full R1 recipe as one resumable pipeline (docs/RECIPE.md section 4), and its building blocks.
 
     r1kit pipeline recipes/r1-tiny.yaml          # base -> R1-Zero -> cold start -> ... -> distillation
     r1kit sample M --out runs/sft.jsonl          # rejection sampling into a versioned chat jsonl

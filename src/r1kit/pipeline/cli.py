@@ -42,7 +42,7 @@ def sample(model: str, out: str = "runs/sft.jsonl", task: str = "arith-mix", pro
     """Rejection sampling: k samples per prompt from a checkpoint, keep the verified and readable ones, write SFT data.
 
     Keeps samples the task's verifier passes, drops unreadable chains of thought (language mixing, repetition, long
-    paragraphs, code blocks), dedupes, drops prompts that overlap the eval sets (n-grams vs the shared benchmark files
+    paragraphs, code blocks), dedupes, drops prompts that overlap the eval sets (n-grams vs the benchmark files
     and the task's test split), mixes in non-reasoning chats, and writes OUT's stem with a version (sft-v1.jsonl,
     sft-v2.jsonl, ...) plus a .stats.json beside it.
 

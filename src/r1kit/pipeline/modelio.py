@@ -1,6 +1,6 @@
 """Model folders of the pipeline: an HF checkpoint (config.json, model.safetensors), the tokenizer files, and
 `r1kit_pipeline.json`, which records the prompt template the model was trained for ("r1-zero" or "r1"), so
-sampling and evaluation never guess it from a name (style.md, things to avoid, item 6)."""
+sampling and evaluation never guess it from a folder name (which breaks on the first renamed folder)."""
 from __future__ import annotations
 
 import json

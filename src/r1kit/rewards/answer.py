@@ -1,4 +1,4 @@
-"""Answer extraction from completions (evaluation.md sections 4-5, r1-recipe.md 10.3).
+"""Answer extraction from completions (docs/EVAL.md, "Scoring"; docs/RECIPE.md section 3).
 
 Rules, in order, for one completion (the text generated after the prompt):
 

@@ -1,4 +1,4 @@
-"""Rule-based rewards (r1-recipe.md section 3 and 9) as plain batch callables, picked by name from `REWARDS`.
+"""Rule-based rewards (docs/RECIPE.md sections 3 and 6) as plain batch callables, picked by name from `REWARDS`.
 
 Every reward has the signature `fn(completions, golds, **ctx) -> list[float | None]` where `completions` are the
 generated texts (what follows the prompt), `golds` the reference answers, and `ctx` optional per-batch context the
@@ -7,7 +7,7 @@ trainer passes to all of them (unknown keys are ignored):
     lengths    list[int]   completion lengths in tokens (needed by `overlong`)
     lang       str | list  target language of the chain of thought, "en" or "zh" (`language`; default "en")
     template   str         "r1-zero" (default) or "r1"; with "r1" an answer needs a closing </think>
-    truncated  list[bool]  generation hit the token limit: accuracy 0 (evaluation.md section 4)
+    truncated  list[bool]  generation hit the token limit: accuracy 0 (docs/EVAL.md, "Scoring")
     timeout_s  float       per-item verifier timeout (accuracy)
     examples   list        the r1kit.tasks Examples behind the golds; an example whose meta names a "verifier"
                            (countdown) is checked by that rule instead of math equivalence (accuracy)
@@ -193,7 +193,7 @@ def language(completions: Sequence[str], golds: Sequence[str] | None = None, lan
 
 def overlong_penalty(length: int, max_len: int, cache_len: int) -> float:
     """DAPO soft overlong punishment: 0 up to max_len - cache_len tokens, then a linear ramp to -1 at max_len, and
-    -1 beyond (r1-recipe.md section 9; DAPO uses max_len 20,480 = 16,384 + a 4,096 cache)."""
+    -1 beyond (docs/RECIPE.md section 3; DAPO uses max_len 20,480 = 16,384 + a 4,096 cache)."""
     if not 0 < cache_len <= max_len:
         raise R1kitError(f"overlong reward needs 0 < cache_len <= max_len, got {cache_len=}, {max_len=}")
     expected = max_len - cache_len

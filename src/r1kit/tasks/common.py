@@ -1,4 +1,4 @@
-"""The Task protocol shared by RL rewards and evaluation (style.md item 7, after nanochat `tasks/common.py`).
+"""The Task protocol shared by RL rewards and evaluation (one Task for both, after nanochat `tasks/common.py`).
 
 A Task is an indexable list of `Example`s (question, gold answer, meta) that can also render a prompt and score a
 completion. Slicing (start/stop/step, or `task[10:20]`) returns a view of the same task.

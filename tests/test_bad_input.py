@@ -1,6 +1,7 @@
 """Every documented kind of bad input gets one line on stderr and exit status 2, through the real CLI, with no
 traceback and before any work starts."""
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -139,3 +140,18 @@ def test_prepare_run_dir(tmp_path):
         prepare_run_dir(tmp_path / "a" / "b" / "metrics.jsonl", resume=True)
     with pytest.raises(R1kitError, match="cannot create"):
         prepare_run_dir(tmp_path / "a" / "b" / "metrics.jsonl" / "run", resume=True)
+
+
+def test_recipe_values_are_typed_not_converted():
+    """The checker behind the recipe cases above: numbers from YAML strings parse, wrong types never convert."""
+    from r1kit.checks import typed
+    from r1kit.errors import R1kitError
+
+    assert typed("3e-4", float, "lr") == 3e-4 and typed(2, float, "lr") == 2.0 and typed("12", int, "steps") == 12
+    assert typed(["a", "b"], tuple[str, ...], "x") == ("a", "b") and typed(None, dict, "config") == {}
+    assert typed(None, int | None, "seed") is None and typed(3, int | None, "seed") == 3
+    for value, tp, needle in [(True, float, "finite number"), (float("nan"), float, "finite number"),
+                              (2.7, int, "integer"), (-3, int, ">= 0"), (True, int, "integer"), ("yes", bool, "true"),
+                              (5, str, "string"), ("base", dict, "mapping"), ([1, "x"], list[int], "x[1]")]:
+        with pytest.raises(R1kitError, match=re.escape(needle)):
+            typed(value, tp, "x")

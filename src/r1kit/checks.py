@@ -74,6 +74,8 @@ def typed(value, tp, where: str):
             raise R1kitError(f"{where}: expected a string, got {value!r}")
         return value
     if (origin or tp) is dict:
+        if value is None:  # YAML writes an empty mapping as nothing (`config:`)
+            return {}
         if not isinstance(value, dict):
             raise R1kitError(f"{where}: expected a mapping, got {value!r}")
         if len(args) == 2:

@@ -28,7 +28,7 @@ YARN = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings":
 
 
 def hf_config(yarn: bool, k: int = 3, mtp: int = 0):
-    """architecture.md 9.2's tiny HF test config, with 3 experts per token (not 8: 1 kept group holds only 4)."""
+    """The tiny config of transformers' DeepSeek-V3 tests, with 3 experts per token (not 8: 1 kept group holds 4)."""
     kw = dict(vocab_size=99, hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
               routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, v_head_dim=32,

@@ -1,4 +1,4 @@
-"""Block-wise FP8 (architecture.md 6.1, 9.8): round trip error bounds, exact e4m3 grid, sharded FP8 checkpoints."""
+"""Block-wise FP8 (docs/ARCHITECTURE.md 6.1): round trip error bounds, exact e4m3 grid, sharded FP8 checkpoints."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""The reasoning split (architecture.md 9.12-9.13): whole text, token by token, and every other chunking."""
+"""The reasoning split (docs/ARCHITECTURE.md 8.1): whole text, token by token, and every other chunking."""
 import random
 
 import pytest

@@ -30,7 +30,7 @@ from r1kit.tokenizer import R1_EOS
 CASES = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "verifier_cases.jsonl"
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Extraction (evaluation.md section 4 golden stripping cases, r1-recipe.md 10.3)
+# Extraction (docs/EVAL.md "Scoring": no `</think>`, two, an empty thought, a box only in the thought, hedged boxes)
 
 
 @pytest.mark.parametrize(
@@ -253,10 +253,10 @@ def test_accuracy_rejects_hedged_answers():
 def test_verifier_cases_agreement():
     """Agreement of `verify(gold, prediction)` (gold parsed with LaTeX + expression extraction, bare golds wrapped in
     $...$; prediction parsed from the free-form text with boxed answers first) with `expected` on
-    shared/benchmarks/verifier_cases.jsonl. Measured: 31/31 = 1.00 with math-verify 0.9.0.
+    data/verifier_cases.jsonl. Measured: 31/31 = 1.00 with math-verify 0.9.0.
 
-    Known math-verify 0.9.0 gaps (evaluation.md 5.3), not covered by the 31 rows and so not asserted here: "3e5" in
-    prose reads as 3; `1 - \\frac{1}{\\mathrm{e}}` parses as 1; a gold "1331 and 1728" without $ parses to 1728 only
+    Known math-verify 0.9.0 gaps (docs/EVAL.md, "The math verifier"), not covered by the 31 rows and so not asserted
+    here: "3e5" in prose reads as 3; `1 - \\frac{1}{\\mathrm{e}}` parses as 1; a gold "1331 and 1728" without $ parses to 1728 only
     (r1kit wraps bare golds in $...$, which gives the set); gold 10 accepts \\boxed{10\\%}; no degree/radian conversion.
     """
     if not CASES.is_file():
@@ -366,7 +366,7 @@ def test_rl_accuracy_and_evaluation_share_one_extraction():
 
 def test_boxes_side_by_side_form_one_answer_but_a_hedge_does_not():
     # One extraction for RL and evaluation must keep what the harness accepted before: several boxes listed as one
-    # answer (evaluation.md 5.1) are joined; a box after other words is a new answer.
+    # answer (docs/EVAL.md, "Scoring") are joined; a box after other words is a new answer.
     from r1kit.rewards import extract
 
     assert extract("x</think>So \\[\\boxed{(1, 2)}, \\boxed{(2, 1)}\\]").answer == "(1, 2), (2, 1)"

@@ -1,4 +1,4 @@
-"""GRPO loss against hand-computed values (r1-recipe.md sections 1 and 9)."""
+"""GRPO loss against hand-computed values (docs/RECIPE.md sections 1 and 6)."""
 import math
 
 import pytest

@@ -19,7 +19,6 @@ from r1kit.tasks import (
 from r1kit.tasks.synthetic import arith_steps
 
 BENCH = benchmarks_dir()
-needs_bench = pytest.mark.skipif(BENCH is None, reason="shared/benchmarks not found")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Synthetic tasks
@@ -216,7 +215,6 @@ def test_countdown_evaluate_extracts_the_final_answer():
 # File tasks
 
 
-@needs_bench
 def test_gsm8k_loaders():
     test, train = GSM8KTask(split="test"), get_task("gsm8k", split="train")
     assert len(test) == 1319 and len(train) == 7473
@@ -228,7 +226,6 @@ def test_gsm8k_loaders():
     assert test.evaluate(ex, "<think>16-3-4=9</think> <answer>9</answer>") == 0.0
 
 
-@needs_bench
 def test_math_loaders():
     train, test = get_task("math", split="train"), get_task("math500")
     assert len(test) == 500 and test.name == "math500"

@@ -20,7 +20,7 @@ from r1kit.tokenizer import (
 )
 
 # The official DeepSeek-R1 chat_template (revised, generation prompt ends "<think>\n"), reconstructed from
-# architecture.md 7.2 without the tool-call branches.
+# docs/ARCHITECTURE.md 7.2 without the tool-call branches.
 OFFICIAL_R1 = (
     r"{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
     r"{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}"

@@ -11,6 +11,7 @@ import sys
 import typing
 from pathlib import Path
 
+from r1kit.checks import parse_count
 from r1kit.errors import R1kitError
 
 
@@ -126,8 +127,16 @@ def _arg_help(doc: str) -> dict[str, str]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other input error (argparse would print the usage block too)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r1kit", description="The DeepSeek-R1 system end to end.")
+    """The `r1kit` argument parser, built from the subcommands' signatures (tests parse documented commands with it).
+
+    Integer flags are counts, sizes, limits or seeds: a negative or non-integer value is a usage error (exit 2)."""
+    parser = _Parser(prog="r1kit", description="The DeepSeek-R1 system end to end.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
@@ -139,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
             tp = hints.get(pname, str)
             if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
                 tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            if tp is int:
+                tp = parse_count
             h = helps.get(pname, "")
             flag = ("-" if len(pname) == 1 else "--") + pname.replace("_", "-")  # -n, -k as users expect
             if param.default is inspect.Parameter.empty:

@@ -1,4 +1,4 @@
-"""Tokenizer wrapper and the one chat-template renderer (architecture.md section 7, r1-recipe.md section 2).
+"""Tokenizer wrapper and the one chat-template renderer (docs/ARCHITECTURE.md section 7, docs/RECIPE.md section 2).
 
 `Tokenizer` wraps a HF `tokenizers.Tokenizer` loaded from `tokenizer.json` (+ `tokenizer_config.json`), built by the
 GGUF loader, or built in (`Tokenizer.builtin()`, a ~106-token character-level vocabulary for offline demos and tests).
@@ -63,7 +63,7 @@ def _check_messages(messages: Sequence[Message]) -> None:
 
 
 def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, think_prefill: bool = True) -> str:
-    """DeepSeek-R1's revised chat template (architecture.md 7.2), tool calls left out.
+    """DeepSeek-R1's revised chat template (docs/ARCHITECTURE.md 7.2), tool calls left out.
 
     Returns `<｜begin▁of▁sentence｜><｜User｜>...<｜Assistant｜>answer<｜end▁of▁sentence｜>...<｜Assistant｜><think>\\n`.
     """
@@ -91,7 +91,7 @@ def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, t
 
 
 def render_r1_zero(question: str) -> str:
-    """The R1-Zero RL prompt (r1-recipe.md section 2): plain text, no special tokens, ending "Assistant:"."""
+    """The R1-Zero RL prompt (docs/RECIPE.md section 2): plain text, no special tokens, ending "Assistant:"."""
     if not isinstance(question, str):
         raise R1kitError(f"question must be a string, got {type(question).__name__}")
     return f"{R1_ZERO_PREFIX} User: {question}. Assistant:"
@@ -336,7 +336,7 @@ class Tokenizer:
         """Render and encode a chat prompt with exactly one leading bos (when the model uses bos)."""
         ids = self.encode(self.render(messages, template))
         # The r1 and model templates write bos as text, which encodes to bos_id because bos is an added token; adding
-        # another would give the double bos of architecture.md 7.2. r1-zero has no bos text, so add it here.
+        # another would give the double bos of docs/ARCHITECTURE.md 7.2. r1-zero has no bos text, so add it here.
         if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids.insert(0, self.bos_id)
         return ids

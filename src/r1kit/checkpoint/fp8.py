@@ -1,4 +1,4 @@
-"""Block-wise FP8 weights, as in the DeepSeek-V3/R1 checkpoints (architecture.md 6.1).
+"""Block-wise FP8 weights, as in the DeepSeek-V3/R1 checkpoints (docs/ARCHITECTURE.md 6.1).
 
 A quantised Linear weight W (out, in) is stored as `<name>` in float8_e4m3fn plus `<name>_scale_inv` float32 of
 shape (ceil(out/128), ceil(in/128)); W[i, j] = float(W_fp8[i, j]) * scale_inv[i // 128, j // 128].

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from r1kit.errors import R1kitError, file_error
 from r1kit.model.config import ModelConfig
 from r1kit.model.model import Transformer, rope_inv_freq
+from r1kit.model.params import check_fits
 
 ARCH_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 CLASS_ARCHS = {v: k for k, v in ARCH_CLASSES.items()}
@@ -200,6 +201,9 @@ def iter_tensors(folder: str | Path):
             tensors = dequantize_state_dict(tensors, get_scale)
         else:
             tensors = {k: v for k, v in tensors.items() if not k.endswith("_scale_inv")}
+        for k, t in tensors.items():  # a NaN weight would otherwise surface as NaN logits, far from its cause
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise file_error(path, f"tensor {k} contains NaN or infinite values")
         yield from tensors.items()
 
 
@@ -230,6 +234,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device="c
         keys = _keys(folder)
         present = sum(any(k.startswith(f"model.layers.{cfg.n_layers + i}.") for k in keys) for i in range(cfg.n_mtp))
         cfg = cfg.replace(n_mtp=present)
+    check_fits(cfg, dtype, device, folder / "config.json")  # before allocating: a wrong size is one line, not OOM
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)

@@ -12,7 +12,7 @@ forward.
                    itself, each over its own length.
   SlotLatentCache  MLA (DeepSeek-V3): `update_latent(layer, c_kv, k_pe)`, the normalised latent (B, T, rank) and the
                    post-RoPE shared key (B, T, rope): 576 values per token and layer for V3 instead of 40,960
-                   (architecture.md 3.5); the model's absorbed decode path attends to them directly.
+                   (docs/ARCHITECTURE.md 3); the model's absorbed decode path attends to them directly.
   PrefixCache      block-granular, hash-chained store of prompt-prefix KV with LRU eviction under a byte cap.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ class PrefixCache:
 
     Block i of a prompt is keyed by (id of block i-1's entry, the block's token ids), so a hit means the whole prefix
     up to that block matches token for token (a chain of exact keys: no hash collision can alias two prompts). Only
-    whole blocks from token 0 hit, as DeepSeek's context cache (64-token units, architecture.md 8.5). Entries are
+    whole blocks from token 0 hit, as DeepSeek's context cache (64-token units, docs/ARCHITECTURE.md 8.3). Entries are
     evicted least recently used first once the stored bytes pass `max_bytes`; a lookup touches a chain leaf-first so
     parents stay more recent than their children and are evicted after them.
     """

@@ -39,12 +39,12 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
         raise R1kitError("empty prompt")
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                             seed=seed)
-    if spec_kind(model) == "preset":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the preset warning, printed below in CLI form
+        net, tok = load_for_inference(model, device=device)
+    if spec_kind(model) == "preset":  # after loading, so a load error is the only line printed
         print(f"warning: {model} is a preset: RANDOM weights and the built-in character tokenizer, so the text "
               f"below is noise. Give a checkpoint folder or a .gguf file for a real model.", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the preset warning, printed above in CLI form
-        net, tok = load_for_inference(model, device=device)
     template = template or tok.template  # the template the checkpoint was trained for
     if template == "none":
         ids = tok.encode(prompt, add_bos=tok.add_bos)

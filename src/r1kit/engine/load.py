@@ -35,8 +35,17 @@ def spec_kind(spec: str) -> str:
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
-    """CUDA + bf16 when there is a GPU, else CPU + fp32 (CPU bf16 matmuls are slow on most machines)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """CUDA + bf16 when there is a GPU, else CPU + fp32 (CPU bf16 matmuls are slow on most machines). A device the
+    user names is tried once here, so "cuda" on a CPU-only torch is a one-line error, not a traceback later."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:  # torch raises AssertionError when built without CUDA
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise R1kitError(f"device {name!r} is not usable with this torch ({torch.__version__}, {build}): "
+                         f"{reason}") from None
     return device, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 

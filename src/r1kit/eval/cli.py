@@ -38,7 +38,7 @@ def eval_cmd(model: str, bench: str = "", k: int = 64, limit: int = 0, max_new_t
         template: empty = the checkpoint's own (saved with it); r1 (R1 chat template with the <think> prefill,
             rendered as text for tokenizers without R1 tokens), model (the tokenizer's own chat template) or r1-zero
             (the R1-Zero text prompt).
-        data: the benchmark's data file, replacing the default copy in shared/benchmarks (same format).
+        data: the benchmark's data file, replacing the copy shipped in data/ (same format).
     """
     from r1kit.eval.benchmarks import get_bench
     from r1kit.eval.runner import RunConfig, run_eval

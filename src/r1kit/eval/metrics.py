@@ -1,4 +1,4 @@
-"""Evaluation metrics (evaluation.md section 2).
+"""Evaluation metrics (docs/EVAL.md, "Metrics").
 
     pass_at_k(10, 5, 2)                   # 0.777778: unbiased pass@k (Chen et al. 2021), stable product form
     mean_stderr([1.0, 0.5, 0.0])          # (0.5, 0.2887): mean and std(ddof=1)/sqrt(N) over problems

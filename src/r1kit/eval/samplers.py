@@ -1,4 +1,4 @@
-"""Samplers: the only way the eval harness reaches a model (style.md item 8).
+"""Samplers: the only way the eval harness reaches a model (docs/EVAL.md, "Samplers").
 
     sampler = EngineSampler.from_spec("ckpt/", template="r1", max_batch=8)     # in-process r1kit engine
     sampler = OpenAISampler("http://127.0.0.1:8000/v1", model="r1", concurrency=8)  # any OpenAI-compatible server

@@ -1,11 +1,11 @@
 """DeepSeek-V3 parts: MLA attention, DeepSeekMoE with auxiliary-loss-free balancing, and the MTP module.
 
 `Block` in model.py picks `MLA` when `cfg.mla` and `MoE` when `cfg.is_moe_layer(i)`; `Transformer` builds `MTP`
-modules when `cfg.n_mtp`. Module names equal the HF checkpoint keys without the leading `model.` (architecture.md 6.2),
-e.g. `layers.3.self_attn.kv_b_proj.weight`, `layers.3.mlp.gate.e_score_correction_bias`. MTP module k is stored by
+modules when `cfg.n_mtp`. Module names equal the HF checkpoint keys without the leading `model.`
+(docs/ARCHITECTURE.md 6.2), e.g. `layers.3.self_attn.kv_b_proj.weight`, `layers.3.mlp.gate.e_score_correction_bias`. MTP module k is stored by
 HF as `model.layers.{n_layers + k}.*`; the checkpoint loader maps `mtp.{k}.` to and from that prefix.
 
-Formulas and constants: architecture.md sections 3 (MLA), 4 (routing, balancing) and 5 (MTP).
+Formulas and constants: docs/ARCHITECTURE.md sections 3 (MLA), 4 (routing, balancing) and 5 (MTP).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class MLA(nn.Module):
     """Multi-head Latent Attention. Keys/values come from a shared kv_lora_rank latent plus one RoPE key shared by
     all heads. Without a cache K and V are expanded per head (training, prefill oracle); with a latent cache the
     up-projection is absorbed into q and the output, so only (kv_lora_rank + qk_rope_head_dim) values per token and
-    layer are cached (architecture.md 3.5)."""
+    layer are cached (docs/ARCHITECTURE.md 3)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -153,7 +153,7 @@ def route(logits: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_g
 
 
 def balance_loss(scores: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
-    """Sequence-wise balance loss without alpha: mean over sequences of sum_i f_i P_i (architecture.md 4.2).
+    """Sequence-wise balance loss without alpha: mean over sequences of sum_i f_i P_i (docs/ARCHITECTURE.md 4).
     scores (B, T, E) sigmoid affinities, idx (B, T, k) selected experts. Uniform routing gives 1.0."""
     B, T, E = scores.shape
     f = torch.zeros(B, E, device=scores.device).scatter_add_(

@@ -60,3 +60,48 @@ def count_params(c: ModelConfig) -> ParamCount:
 
 def human(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: MemAvailable, capped by the address
+    space limit a `prlimit --as` or `ulimit -v` sets); None where r1kit cannot tell."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * resource.getpagesize()
+            avail = min(avail if avail is not None else limit, max(limit - used, 0))
+    except (OSError, ValueError, ImportError):
+        pass
+    return avail
+
+
+def check_fits(c: ModelConfig, dtype, device, source) -> None:
+    """Raise R1kitError naming `source` when the weights of config `c` in `dtype` exceed the memory available on
+    `device`: a wrong config.json (say hidden_size 10^6) is then one line, not an allocator traceback or a kill."""
+    import torch
+
+    from r1kit.errors import file_error
+
+    pc = count_params(c)
+    need = (pc.total + pc.mtp) * torch.empty(0, dtype=dtype).element_size()
+    avail = available_memory(device)
+    if avail is not None and need > avail:
+        raise file_error(source, f"the config describes {human(pc.total + pc.mtp)} parameters, "
+                                 f"{need / 2**30:,.1f} GiB in {str(dtype).removeprefix('torch.')}, more than the "
+                                 f"{avail / 2**30:,.1f} GiB available on {torch.device(device)}")

@@ -1,7 +1,7 @@
-"""The full R1 recipe as one resumable pipeline (r1-recipe.md section 4), and its building blocks.
+"""The full R1 recipe as one resumable pipeline (docs/RECIPE.md section 4), and its building blocks.
 
     r1kit pipeline recipes/r1-tiny.yaml          # base -> R1-Zero -> cold start -> ... -> distillation
-    r1kit sample --model M --out data/sft.jsonl  # rejection sampling into a versioned chat jsonl
+    r1kit sample M --out runs/sft.jsonl          # rejection sampling into a versioned chat jsonl
 
 Files, one per concern:
     runner.py        stages in one run folder, content-hash caching, resume, per-stage evaluation

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from r1kit.errors import R1kitError
+
 CACHE = Path(".cache/r1kit")
 
 
@@ -46,6 +48,12 @@ class BaseStageConfig:
     lr: float = 3e-3
     seed: int = 0
     cache: bool = True  # reuse an identical base from .cache/r1kit
+
+    def __post_init__(self):
+        from r1kit.model.config import PRESETS
+
+        if self.preset not in PRESETS:  # checked with the recipe, not when the stage starts
+            raise R1kitError(f"preset: unknown preset {self.preset!r} (presets: {', '.join(sorted(PRESETS))})")
 
 
 def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:

@@ -35,14 +35,14 @@ def pipeline(recipe: str, run_dir: str = "", force: str = "", until: str = "", t
     print(f"report: {path}")
 
 
-def sample(model: str, out: str = "data/sft.jsonl", task: str = "arith-mix", prompts: int = 300, k: int = 4,
+def sample(model: str, out: str = "runs/sft.jsonl", task: str = "arith-mix", prompts: int = 300, k: int = 4,
            temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64, max_per_prompt: int = 2,
            general: str = "", general_frac: float = 0.1, decontam_n: int = 13, min_consistency: float = 0.99,
            seed: int = 0) -> None:
     """Rejection sampling: k samples per prompt from a checkpoint, keep the verified and readable ones, write SFT data.
 
     Keeps samples the task's verifier passes, drops unreadable chains of thought (language mixing, repetition, long
-    paragraphs, code blocks), dedupes, drops prompts that overlap the eval sets (n-grams vs the shared benchmark files
+    paragraphs, code blocks), dedupes, drops prompts that overlap the eval sets (n-grams vs the benchmark files
     and the task's test split), mixes in non-reasoning chats, and writes OUT's stem with a version (sft-v1.jsonl,
     sft-v2.jsonl, ...) plus a .stats.json beside it.
 

@@ -1,8 +1,8 @@
 """Typed stage configs from recipe dicts, and the content hash that keys a stage's cached outputs.
 
 Every stage kind has one small `@dataclass` config. A recipe gives it as a plain dict (YAML); `from_dict` builds the
-dataclass, recursing into nested dataclass fields (e.g. an RL stage's `grpo: GRPOConfig`) and rejecting unknown keys,
-so a typo fails before any stage runs rather than being silently ignored.
+dataclass, recursing into nested dataclass fields (e.g. an RL stage's `grpo: GRPOConfig`), rejecting unknown keys and
+values of the wrong type, so a typo fails before any stage runs rather than being silently ignored or converted.
 
 A field marked `file_field()` names a file whose *content* belongs to the stage's identity: `stage_key` hashes the
 file's bytes, so editing a user's jsonl re-runs the stages that read it.
@@ -15,6 +15,7 @@ import json
 import typing
 from pathlib import Path
 
+from r1kit.checks import typed
 from r1kit.errors import R1kitError
 
 KEY_VERSION = 1  # bump when stage semantics change in a way old cached outputs should not survive
@@ -25,35 +26,35 @@ def file_field(default: str = "", **kw):
     return dataclasses.field(default=default, metadata={"file": True}, **kw)
 
 
-def from_dict(cls, data: dict | None, where: str = "config"):
-    """Build dataclass `cls` from `data`, recursing into dataclass-typed fields; unknown keys are an error."""
-    data = dict(data or {})
+def from_dict(cls, data, where: str = "config"):
+    """Build dataclass `cls` from a recipe mapping, recursing into dataclass-typed fields. Unknown or missing keys,
+    values of the wrong type (r1kit.checks.typed) and the config's own `__post_init__` checks are R1kitErrors that
+    name the field, so a recipe fails before any stage runs."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise R1kitError(f"{where}: expected a mapping of {cls.__name__} options, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise R1kitError(f"{where}: unknown option(s) {', '.join(unknown)} for {cls.__name__} "
-                         f"(known: {', '.join(sorted(names))})")
+        raise R1kitError(f"{where}: unknown option(s) {', '.join(map(str, unknown))} for {cls.__name__} "
+                         f"(known: {', '.join(sorted(fields))})")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and n not in data]
+    if required:
+        raise R1kitError(f"{where}: missing {', '.join(required)}")
     kw = {}
     for name, value in data.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}")
-        elif tp in (tuple, list) or typing.get_origin(tp) in (tuple, list):
-            value = (typing.get_origin(tp) or tp)(value)
-        elif tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = _number(float, value, f"{where}.{name}")  # YAML reads 3e-4 (no dot) as a string
-        elif tp is int and isinstance(value, str):
-            value = _number(int, value, f"{where}.{name}")
-        kw[name] = value
-    return cls(**kw)
-
-
-def _number(tp, value, where: str):
+        if dataclasses.is_dataclass(tp):
+            kw[name] = from_dict(tp, value, f"{where}.{name}")
+        else:
+            kw[name] = typed(value, tp, f"{where}.{name}")
     try:
-        return tp(value)
-    except ValueError:
-        raise R1kitError(f"{where}: expected a number, got {value!r}") from None
+        return cls(**kw)
+    except R1kitError as e:  # a config's own __post_init__ check
+        raise R1kitError(f"{where}: {e}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -3,8 +3,8 @@
 Units are those of filters.units (lower-cased Latin words, numbers, single Han characters, symbols); punctuation
 and whitespace differences therefore do not hide a copy. A text shorter than n units contributes (and is checked
 as) one gram made of all its units, so short synthetic questions are matched exactly rather than never. The
-evaluation side is every benchmark file in the shared benchmarks folder except training sets (names containing
-"train") and the verifier cases, plus the test splits of the synthetic tasks in use. Short texts are compared
+evaluation side is every benchmark file in the benchmarks folder (tasks.benchmarks_dir) except training sets
+(names containing "train") and the verifier cases, plus the test splits of the synthetic tasks in use. Short texts are compared
 whole on purpose: checking whether a prompt merely contains a short test question would flag "计算 3+5+2+1" for the
 test question "计算 3+5+2", a different problem.
 
@@ -48,7 +48,7 @@ class NgramIndex:
 
 
 def benchmark_files(folder: Path | None = None) -> list[Path]:
-    """Evaluation jsonl files of the shared benchmarks folder (no training sets, no verifier cases)."""
+    """Evaluation jsonl files of the benchmarks folder (no training sets, no verifier cases)."""
     from r1kit.tasks import benchmarks_dir
 
     folder = folder or benchmarks_dir()

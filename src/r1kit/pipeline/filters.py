@@ -1,7 +1,7 @@
 """Readability filters for chains of thought (R1 cold start and stage 3) and the reformat into R1's output pattern.
 
 R1 keeps only readable reasoning: "drop CoT with mixed languages, long paragraphs or code blocks" and outputs with
-heavy repetition (r1-recipe.md section 4). Each filter takes the chain of thought and returns True to keep it:
+heavy repetition (docs/RECIPE.md section 4). Each filter takes the chain of thought and returns True to keep it:
 
     language_ok     share of target-language words >= min_consistency (rewards.language_consistency: a word is a
                     run of >= 2 Latin letters or one Han character); a CoT with no words passes

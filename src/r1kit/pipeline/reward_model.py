@@ -6,7 +6,7 @@
 
 Bradley-Terry: P(chosen > rejected) = sigmoid(r_c - r_r), so the loss is -log sigmoid(r_c - r_r) averaged over
 pairs. The model reads the prompt and the final summary only (the text after </think>), as R1's helpfulness RM
-(r1-recipe.md section 3). The built-in preference set is synthetic: for the task's questions and the built-in chats,
+(docs/RECIPE.md section 3). The built-in preference set is synthetic: for the task's questions and the built-in chats,
 a concise correct answer beats a verbose one (padded with repetition), a wrong one, or a reply to another prompt.
 In the all-scenario RL stage the RM scores the general prompts only, and only in the last `rm_last_steps` steps:
 R1 limited preference-RM reward to the final 400 of 1,700 steps because longer exposure invited reward hacking.

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from r1kit.checks import typed
 from r1kit.errors import R1kitError
 from r1kit.pipeline.config import from_dict, read_json, stage_key, to_dict
+from r1kit.runs import prepare_run_dir
 
 
 @dataclass
@@ -104,6 +106,9 @@ def load_recipe(path: str | Path) -> Recipe:
     if extra:
         raise R1kitError(f"{path}: unknown recipe keys {', '.join(sorted(extra))}")
     stages = [from_dict(StageSpec, s, f"{path}: stage {i}") for i, s in enumerate(data["stages"])]
+    for key, tp in (("name", str), ("eval", dict), ("report", dict)):
+        if data.get(key) is not None:
+            typed(data[key], tp, f"{path}: {key}")
     return Recipe(name=data.get("name", path.stem), stages=stages, eval=data.get("eval") or {},
                   report=data.get("report") or {}, source=str(path))
 
@@ -167,14 +172,14 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
         from r1kit.pipeline.stages import default_registry
         registry = default_registry()
     if evaluator is None:
-        from r1kit.eval.heldout import evaluate_path
+        from r1kit.eval.heldout import EvalConfig, evaluate_path
         evaluator = evaluate_path
+        from_dict(EvalConfig, recipe.eval, f"recipe {recipe.name}: eval")  # checked now, used after each stage
     configs = check_recipe(recipe, registry)
     unknown = set(force) - set(configs) - {""}
     if unknown or (until and until not in configs):
         raise R1kitError(f"no stage named {', '.join(sorted(unknown)) or until!r} in recipe {recipe.name}")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = prepare_run_dir(run_dir, resume=True)  # an existing run folder is the cache: always resumed
     keys: dict[str, str] = {}
     done: dict[str, dict] = {}  # stage -> its outputs (absolute paths)
     records: list[Record] = []

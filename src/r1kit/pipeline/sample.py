@@ -41,7 +41,7 @@ class SampleConfig:
     max_per_prompt: int = 2  # distinct kept samples per prompt
     filters: FilterConfig = field(default_factory=FilterConfig)
     decontam_n: int = 13  # n-gram size against the eval sets (0 = off); 13 as GPT-3, so short questions match whole
-    benchmarks: bool = True  # include the shared benchmark files in the eval sets (plus the task's test split)
+    benchmarks: bool = True  # include the benchmark files (data/) in the eval sets (plus the task's test split)
     general: str = file_field()  # non-reasoning chats jsonl; "" = the built-in set
     general_frac: float = 0.1  # share of non-reasoning chats in the output (0 = none)
     shard_prompts: int = 64

@@ -1,4 +1,4 @@
-"""Rule-based rewards and the math answer verifier (r1-recipe.md section 3, evaluation.md section 5).
+"""Rule-based rewards and the math answer verifier (docs/RECIPE.md section 3, docs/EVAL.md "The math verifier").
 
     from r1kit.rewards import combine, math_accuracy, verifier_stats
     math_accuracy("<think>7+8=15</think> <answer>15</answer>", "15")   # 1.0

@@ -1,5 +1,5 @@
 """Answer extraction from completions: the one function, `extract`, that RL rewards, `Task.evaluate` and the
-evaluation harness all use (evaluation.md sections 4-5, r1-recipe.md 10.3).
+evaluation harness all use (docs/EVAL.md, "Scoring"; docs/RECIPE.md section 3).
 
 Rules, in order, for one completion (the text generated after the prompt):
 
@@ -17,7 +17,7 @@ Rules, in order, for one completion (the text generated after the prompt):
 5. No tag and no box: after a closed thought, the whole answer section is a free-form answer (`free=True`): the math
    rule lets math-verify find the answer in it ("Final Answer: 7", "$7,425,000$"), the literal and countdown rules
    require the section to be the bare value or expression. Without any think tag there is no answer: the
-   last-number fallback would credit unfinished reasoning (evaluation.md 5.3).
+   last-number fallback would credit unfinished reasoning (docs/EVAL.md, "Scoring").
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ _BOX_JOINER = re.compile(r"(?:\s|[,;$]|\\[][(),;]|\\q?quad|\band\b|\\text\{\s*an
 
 def final_boxed(text: str) -> str | None:
     """The last box, joined (", ") with the boxes right before it when only separators stand between them:
-    several boxes can form one answer (evaluation.md 5.1, Math-Verify #57), while a hedged "\\boxed{5} ... wait,
+    several boxes can form one answer (docs/EVAL.md, "Scoring"; Math-Verify #57), while a hedged "\\boxed{5} ... wait,
     \\boxed{6}" still answers 6. None when there is no box or the last one is unbalanced."""
     matches = list(_BOX.finditer(text))
     if not matches:

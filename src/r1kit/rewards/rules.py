@@ -1,4 +1,4 @@
-"""Rule-based rewards (r1-recipe.md section 3 and 9) as plain batch callables, picked by name from `REWARDS`.
+"""Rule-based rewards (docs/RECIPE.md sections 3 and 6) as plain batch callables, picked by name from `REWARDS`.
 
 Every reward has the signature `fn(completions, golds, **ctx) -> list[float | None]` where `completions` are the
 generated texts (what follows the prompt), `golds` the reference answers, and `ctx` optional per-batch context the
@@ -9,7 +9,7 @@ trainer passes to all of them (unknown keys are ignored):
     template   str         "r1-zero" (default) or "r1"; with "r1" an answer needs a closing </think>, and a
                            completion without think tags is all thought (`language`)
     truncated  list[bool]  generation hit the token limit: every reward that scores the answer gives 0
-                           (accuracy, countdown; evaluation.md section 4)
+                           (accuracy, countdown; docs/EVAL.md, "Scoring")
     timeout_s  float       per-item verifier timeout (accuracy)
     examples   list        the r1kit.tasks Examples behind the golds; an example's meta["verifier"] names the rule
                            its answer is checked by (see `grade`); they also tell `combine` which samples share a prompt
@@ -259,7 +259,7 @@ def language(completions: Sequence[str], golds: Sequence[str] | None = None, lan
 
 def overlong_penalty(length: int, max_len: int, cache_len: int) -> float:
     """DAPO soft overlong punishment: 0 up to max_len - cache_len tokens, then a linear ramp to -1 at max_len, and
-    -1 beyond (r1-recipe.md section 9; DAPO uses max_len 20,480 = 16,384 + a 4,096 cache)."""
+    -1 beyond (docs/RECIPE.md section 3; DAPO uses max_len 20,480 = 16,384 + a 4,096 cache)."""
     if not 0 < cache_len <= max_len:
         raise R1kitError(f"overlong reward needs 0 < cache_len <= max_len, got {cache_len=}, {max_len=}")
     expected = max_len - cache_len

@@ -1,6 +1,6 @@
 """Math answer equivalence: a string fast path, then math-verify in a killable worker-process pool.
 
-Why a process pool (r1-recipe.md 10.4, evaluation.md 5.2 and 7): math-verify's timeouts use `signal.alarm`, which
+Why a process pool (docs/EVAL.md, "The math verifier"): math-verify's timeouts use `signal.alarm`, which
 fails outside the main thread (Math-Verify #50/#55), and SymPy can run for minutes or forever on inputs such as
 `\\boxed{9^{9^{9^{9}}}}`. Workers run math-verify with its own timeouts off; the parent gives each item a wall-clock
 budget and, when one runs over, scores it 0, kills the worker processes and starts a fresh pool. Items that were
@@ -43,7 +43,7 @@ from r1kit.errors import R1kitError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 5.0  # per item, parse + compare (evaluation.md 7)
+DEFAULT_TIMEOUT_S = 5.0  # per item, parse + compare
 STARTUP_TIMEOUT_S = 120.0  # starting the workers (first import of SymPy) is not charged to any item
 MAX_CRASHES = 2  # an item in flight during this many worker crashes scores 0 instead of being retried
 STAT_KEYS = ("items", "fast_path", "pool", "timeouts", "errors", "crashes", "restarts")
@@ -248,7 +248,7 @@ class Verifier:
 
     def verify_batch(self, golds: Sequence[str], texts: Sequence[str | None],
                      timeout_s: float | None = None) -> list[bool]:
-        """Free-form answer sections (evaluation.md 7): math-verify extracts from the text itself (boxed first)."""
+        """Free-form answer sections: math-verify extracts from the text itself (boxed first)."""
         return self._batch(golds, texts, list(texts), timeout_s)
 
     def verify(self, gold: str, text: str | None, timeout_s: float | None = None) -> bool:
@@ -411,5 +411,5 @@ def reset_verifier_stats() -> None:
 
 
 def verify(gold: str, text: str | None, timeout_s: float | None = None) -> bool:
-    """The evaluation contract `verify(gold, answer_section) -> bool` (evaluation.md 7) on the default verifier."""
+    """The evaluation contract `verify(gold, answer_section) -> bool` on the default verifier."""
     return get_verifier().verify(gold, text, timeout_s)

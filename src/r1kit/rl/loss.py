@@ -1,4 +1,4 @@
-"""The GRPO objective as pure functions (r1-recipe.md sections 1 and 9).
+"""The GRPO objective as pure functions (docs/RECIPE.md sections 1 and 6).
 
 Shapes: N = B*G sampled completions (B prompts x G samples), L = padded completion length.
     logp, old_logp, ref_logp : [N, L]  log-probs of the sampled tokens under pi_theta, pi_old, pi_ref

@@ -119,6 +119,7 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     from r1kit.eval.heldout import evaluate_examples, held_out
     from r1kit.rewards import combine
     from r1kit.rl import report, trainer
+    from r1kit.runs import prepare_run_dir
     from r1kit.tasks import get_task
     from r1kit.train import lora
 
@@ -170,24 +171,6 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     report.write(run, summary, result.rows)
     log(f"report: {run / 'report.md'}")
     return summary
-
-
-def prepare_run_dir(run_dir: str, resume: bool) -> Path:
-    """The run folder, created; one clear error when it cannot be (exists without --resume, not writable)."""
-    run = Path(run_dir)
-    try:
-        if run.exists() and not run.is_dir():
-            raise R1kitError(f"{run}: run folder is a file")
-        if run.exists() and any(run.iterdir()) and not resume:
-            raise R1kitError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose "
-                             f"another --run-dir")
-        run.mkdir(parents=True, exist_ok=True)
-        probe = run / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise R1kitError(f"{run}: cannot use as a run folder ({e.strerror or e})") from None
-    return run
 
 
 def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", eval_data: str = "",

@@ -1,4 +1,4 @@
-"""Run untrusted Python in a contained subprocess and judge it (evaluation.md section 6).
+"""Run untrusted Python in a contained subprocess and judge it (docs/EVAL.md, "Sandbox").
 
     from r1kit.sandbox import Limits, run_asserts, run_stdio
     r = run_asserts(prompt + completion, [test + f"\\ncheck({entry_point})\\n"], Limits(timeout_s=3))

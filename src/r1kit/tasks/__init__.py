@@ -1,11 +1,12 @@
-"""Tasks: prompts with reference answers, scored the same way for RL rewards and evaluation (style.md item 7).
+"""Tasks: prompts with reference answers, scored the same way for RL rewards and evaluation.
 
     from r1kit.tasks import get_task
     task = get_task("countdown", split="train", n_numbers=3)
     ex = task[0]; task.prompt(ex); task.evaluate(ex, completion); task.worked_solution(ex)
 
 Built in: `arith`, `arith-mix` (bilingual, for the pipeline), `countdown` (generated, offline), `gsm8k`, `math`, `jsonl` (files), and the benchmark files
-`math500`, `aime24`, `amc23`, `minerva_math`, `aime_1983_2023` from the shared benchmarks folder.
+`math500`, `aime24`, `amc23`, `minerva_math`, `aime_1983_2023` shipped in `r1kit/data` (`data/` in the repository;
+$R1KIT_BENCHMARKS overrides).
 """
 
 from __future__ import annotations

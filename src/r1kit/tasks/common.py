@@ -1,4 +1,4 @@
-"""The Task protocol shared by RL rewards and evaluation (style.md item 7, after nanochat `tasks/common.py`).
+"""The Task protocol shared by RL rewards and evaluation (one Task for both, after nanochat `tasks/common.py`).
 
 A Task is an indexable list of `Example`s (question, gold answer, meta) that can also render a prompt and score a
 completion. Slicing (start/stop/step, or `task[10:20]`) returns a view of the same task.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.resources
 import os
 import random
 from dataclasses import dataclass, field
@@ -159,21 +160,21 @@ def in_test_split(question: str, test_percent: int) -> bool:
 BENCHMARKS_ENV = "R1KIT_BENCHMARKS"
 
 
-def benchmarks_dir() -> Path | None:
-    """The shared benchmarks folder: $R1KIT_BENCHMARKS, else the first `shared/benchmarks` found walking up from the
-    current directory, then from this package's location; None if there is none."""
+def packaged_benchmarks() -> Path:
+    """The benchmark files shipped inside r1kit (package data `r1kit/data`; `data/` in the repository)."""
+    return Path(str(importlib.resources.files("r1kit") / "data"))
+
+
+def benchmarks_dir() -> Path:
+    """The benchmarks folder: $R1KIT_BENCHMARKS if set (a folder of files with the same names), else the copy
+    shipped with the package."""
     env = os.environ.get(BENCHMARKS_ENV)
     if env:
         p = Path(env).expanduser()
         if not p.is_dir():
             raise R1kitError(f"{BENCHMARKS_ENV}={env}: not a directory")
         return p
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *Path.cwd().parents, *here.parents]:
-        cand = base / "shared" / "benchmarks"
-        if cand.is_dir():
-            return cand
-    return None
+    return packaged_benchmarks()
 
 
 def resolve_data_path(path: str | os.PathLike) -> Path:
@@ -181,8 +182,9 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
     if p.is_file():
         return p
-    bench = benchmarks_dir() if not p.is_absolute() else None
-    if bench is not None and (bench / p).is_file():
+    if p.is_absolute():
+        raise R1kitError(f"{p}: data file not found")
+    bench = benchmarks_dir()
+    if (bench / p).is_file():
         return bench / p
-    where = f" (nor in {bench})" if bench is not None else f" (and no benchmarks folder: set {BENCHMARKS_ENV})"
-    raise R1kitError(f"{p}: data file not found{where}")
+    raise R1kitError(f"{p}: data file not found (nor in {bench})")

@@ -1,4 +1,4 @@
-"""File-backed math tasks over JSON Lines (formats in shared/benchmarks/README.md).
+"""File-backed math tasks over JSON Lines (formats in data/README.md).
 
     GSM8KTask(split="test")        gsm8k_test.jsonl  (question, answer = solution ending "#### N")
     GSM8KTask(split="train")       gsm8k_train.jsonl (problem, answer = "N")
@@ -7,7 +7,7 @@
     JsonlTask("aime24.jsonl")      any file with a problem/question field and an answer (or a boxed solution)
 
 Paths may be absolute, relative to the current directory, or relative to the benchmarks folder ($R1KIT_BENCHMARKS, or
-`shared/benchmarks` found by walking up from the current directory). A malformed line (bad JSON, not an object, no
+the files shipped in `r1kit/data`). A malformed line (bad JSON, not an object, no
 question) raises R1kitError naming the file and the line number; a row with no gold answer (math_train.jsonl has 4)
 is skipped, logged, and its line number kept in `task.skipped`. `holdout="train"|"test"` splits any single file
 deterministically by seed.

@@ -120,6 +120,7 @@ def child_trl(L: int) -> dict:
     m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     m.config.use_cache = False
     trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = G  # what its training loop sets: the loss divides by it
     P = len(prompt)
     one = torch.ones(1, P, dtype=torch.long)
     t0 = time.perf_counter()
@@ -135,8 +136,7 @@ def child_trl(L: int) -> dict:
         inputs = {"prompt_ids": torch.tensor([prompt]), "prompt_mask": one, "completion_ids": comp[i:i + 1],
                   "completion_mask": torch.ones(1, L, dtype=torch.long), "advantages": adv[i:i + 1],
                   "ref_per_token_logps": rows[i], "num_items_in_batch": torch.tensor(G * L)}
-        loss = trainer.compute_loss(m, inputs) / G  # gradient accumulation over the G rows
-        loss.backward()
+        trainer.compute_loss(m, inputs).backward()  # accumulated over the G rows
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     trainer.optimizer.step()
     dt = time.perf_counter() - t0

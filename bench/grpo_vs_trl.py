@@ -140,9 +140,9 @@ def profile_r1kit(policy, ref, engine, opt, tok, examples, task, cfg, step) -> d
             return out
         return wrapper
 
-    token_logp, backward, clip = grpo.token_logp, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_
-    grpo.token_logp = lambda model, ids, **kw: timed("logp_ref" if model is ref else "logp_policy", token_logp)(
-        model, ids, **kw)
+    logps, backward, clip = grpo.batch_logprobs, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_
+    grpo.batch_logprobs = lambda model, *a, **kw: timed("logp_ref" if model is ref else "logp_old", logps)(
+        model, *a, **kw)  # the policy's own forward is inside "other" (it runs under the backward's graph)
     torch.Tensor.backward = timed("backward", backward)
     torch.nn.utils.clip_grad_norm_ = timed("clip_grad_norm", clip)
     opt.step = timed("optimizer_step", opt.step)
@@ -153,7 +153,7 @@ def profile_r1kit(policy, ref, engine, opt, tok, examples, task, cfg, step) -> d
             grpo_step(policy, ref, engine, opt, tok, examples, task, r1kit_reward, cfg, step)
             total = time.perf_counter() - t0
     finally:
-        grpo.token_logp, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = token_logp, backward, clip
+        grpo.batch_logprobs, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = logps, backward, clip
         del opt.step, engine.generate
     phases["other"] = total - sum(phases.values())
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), flush=True)

@@ -29,7 +29,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     moe_gamma: float = 1e-3  # aux-loss-free bias speed for MoE models (0 disables)
-    micro_batch_tokens: int = 16384  # padded tokens per forward/backward (0 = the whole batch at once)
+    micro_batch_tokens: int = 8192  # padded tokens per forward/backward (0 = the whole batch at once)
     grad_checkpointing: str = "auto"  # on | off | auto
 
 

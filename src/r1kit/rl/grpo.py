@@ -21,7 +21,7 @@ class GRPOConfig:
     group_size: int = 8  # G samples per question
     mu: int = 1  # epochs: passes over each rollout batch (the paper's mu)
     mini_batches: int = 1  # optimiser steps per pass, each on 1/mini_batches of the rollouts (R1: 16)
-    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; gradients accumulate (0 = no split)
+    micro_batch_tokens: int = 8192  # padded tokens per forward/backward; gradients accumulate (0 = no split)
     grad_checkpointing: str = "auto"  # on | off | auto (on when the plan says activations would crowd memory)
     lr: float = 3e-6  # the paper's; tiny models need far more
     weight_decay: float = 0.0

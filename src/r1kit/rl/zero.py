@@ -177,7 +177,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
          steps: int = 60, prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
          max_new_tokens: int = 40, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
          resume: bool = False, ckpt_every: int = 10, mini_batches: int = 1, mu: int = 1,
-         micro_batch_tokens: int = 16384, grad_checkpointing: str = "auto", lora_rank: int = 0,
+         micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto", lora_rank: int = 0,
          lora_alpha: float = 32.0, lora_targets: str = ",".join(DEFAULT_TARGETS)) -> None:
     """R1-Zero: GRPO with rule rewards (accuracy + format) on a base model, with held-out pass@1 before and after.
 

@@ -66,7 +66,7 @@ def kv_bytes_per_token(c, dtype_bytes: int) -> float:
     return per_layer * c.n_layers * dtype_bytes
 
 
-def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 16384, checkpointing: str = "auto",
+def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 8192, checkpointing: str = "auto",
              lora_rank: int = 0, beta: float = 0.0, rl: RLShape | None = None, budget: float | None = None) -> Plan:
     """The peak bytes of one training step of model config `c` (fp32 on CPU, bf16 compute + fp32 master on CUDA)."""
     from r1kit.model.params import count_params
@@ -175,7 +175,7 @@ def configure_checkpointing(model, cfg) -> Plan:
 
 
 def plan(model: str, prompts_per_step: int = 16, group_size: int = 8, prompt_tokens: int = 256,
-         max_new_tokens: int = 1024, micro_batch_tokens: int = 16384, grad_checkpointing: str = "auto",
+         max_new_tokens: int = 1024, micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto",
          lora_rank: int = 0, beta: float = 0.001, device: str = "cpu", memory_gib: float = 0.0,
          sft: bool = False) -> dict:
     """Estimate the peak memory of a GRPO (or SFT) step before running it, and say whether it fits.

@@ -1,0 +1,82 @@
+"""The prompt template travels with the checkpoint: every command reads it instead of guessing (and an explicit
+flag still wins)."""
+import json
+
+import pytest
+import torch
+
+from r1kit.checkpoint.hf import save_model
+from r1kit.engine.engine import Engine
+from r1kit.model import ModelConfig, Transformer
+from r1kit.tokenizer import Tokenizer, render_r1_zero
+
+QUESTION = "What is 2+3?"
+
+
+@pytest.fixture
+def zero_ckpt(tmp_path):
+    """A tiny checkpoint trained (as far as its files say) for the R1-Zero prompt."""
+    folder = tmp_path / "zero-ckpt"
+    torch.manual_seed(0)
+    tok = Tokenizer.builtin()
+    save_model(Transformer(ModelConfig.from_name("tiny").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), folder)
+    tok.template = "r1-zero"
+    tok.save(folder)
+    return folder
+
+
+def r1_zero_ids(tok, question=QUESTION):
+    return tok.encode(render_r1_zero(question), add_bos=True)
+
+
+@pytest.fixture
+def prompts_seen(monkeypatch):
+    seen = []
+    real = Engine.generate
+
+    def spy(self, prompts, *a, **kw):
+        seen.extend(list(p) for p in prompts)
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(Engine, "generate", spy)
+    return seen
+
+
+def test_generate_reads_the_template(zero_ckpt, prompts_seen, capsys):
+    from r1kit.engine.cli import generate
+    generate(str(zero_ckpt), QUESTION, max_new_tokens=2)
+    tok = Tokenizer.from_file(zero_ckpt)
+    assert prompts_seen == [r1_zero_ids(tok)]
+    prompts_seen.clear()
+    generate(str(zero_ckpt), QUESTION, max_new_tokens=2, template="r1")  # the flag wins
+    assert prompts_seen == [tok.encode_chat([{"role": "user", "content": QUESTION}], template="r1")]
+
+
+def test_eval_reads_the_template(zero_ckpt, tmp_path):
+    from r1kit.eval.cli import eval_cmd
+    rep = eval_cmd(str(zero_ckpt), "arith", k=1, limit=1, max_new_tokens=4, out_dir=str(tmp_path / "e"))
+    assert rep["settings"]["template"] == "r1-zero"
+
+
+def test_training_and_sampling_read_the_template(zero_ckpt, tmp_path, prompts_seen):
+    """r1kit zero (the one RL loop) on the checkpoint prompts with R1-Zero and saves checkpoints that say so; the
+    held-out evaluator and the pipeline's sampler read it too."""
+    from r1kit.eval.heldout import EvalConfig, evaluate_examples
+    from r1kit.rl.zero import zero
+    from r1kit.tasks import get_task
+
+    zero(run_dir=str(tmp_path / "run"), model=str(zero_ckpt), steps=1, prompts_per_step=1, group_size=2,
+         max_new_tokens=4, eval_problems=1)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["template"] == "r1-zero"
+    assert Tokenizer.from_file(tmp_path / "run" / "checkpoint-000001").template == "r1-zero"
+    tok = Tokenizer.from_file(zero_ckpt)
+    task = get_task("arith", split="train")
+    starts = {tuple(p[:8]) for p in prompts_seen}
+    assert starts == {tuple(r1_zero_ids(tok, "x")[:8])}  # every prompt of the run began as R1-Zero's
+    prompts_seen.clear()
+    from r1kit.pipeline import modelio
+    model, tok2, meta = modelio.load(zero_ckpt)
+    assert meta["template"] == "r1-zero"
+    evaluate_examples(model, tok2, task, [task[0]], meta["template"], EvalConfig(k=1, max_new_tokens=2))
+    assert prompts_seen == [tok.encode(task.prompt(task[0], template="r1-zero"), add_bos=True)]

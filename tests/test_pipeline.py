@@ -249,6 +249,45 @@ def test_sft_stage_trains_on_chat_jsonl(tmp_path, tiny_model_dir):
     assert meta["template"] == "r1"
 
 
+def test_sft_and_rl_stages_train_lora_adapters(tmp_path, tiny_model_dir, monkeypatch):
+    """LoRA in both loops: only adapters change, the PEFT adapter sits beside the merged export, and the RL stage's
+    reference is the base (adapters off) rather than a copy."""
+    from safetensors.torch import load_file
+
+    from r1kit.checkpoint.hf import load_state_dict
+    from r1kit.pipeline import rl, sft
+    from r1kit.rl.grpo import GRPOConfig
+    from r1kit.train.lora import LoRAConfig
+
+    f = tmp_path / "chats.jsonl"
+    f.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{a}+1"},
+                                                  {"role": "assistant", "content": f"{a + 1}"}]}) + "\n"
+                         for a in range(8)))
+    base = load_state_dict(tiny_model_dir)
+
+    def alternating(cfg, rm=None):  # a random model earns no rule reward: give the groups a signal
+        return lambda texts, golds, **ctx: ([float(i % 2) for i in range(len(texts))],
+                                            {"accuracy": [float(i % 2) for i in range(len(texts))]})
+
+    monkeypatch.setattr(rl, "make_reward_fn", alternating)
+    for name, stage, cfg in [
+        ("sft", sft, sft.SFTStageConfig(data=str(f), steps=3, batch_size=4, lr=1e-2, lora=LoRAConfig(rank=4))),
+        ("rl", rl, rl.RLStageConfig(task="arith", task_kw={"n_terms": 2}, template="r1", lora=LoRAConfig(rank=4),
+                                    grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6,
+                                                    lr=1e-2, beta=0.04)))]:
+        out = tmp_path / name
+        out.mkdir()
+        stage.run(cfg, {"model": tiny_model_dir}, out, Ctx())
+        conf = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert conf["peft_type"] == "LORA" and conf["r"] == 4
+        assert any(v.abs().sum() > 0 for k, v in load_file(str(out / "adapter" / "adapter_model.safetensors")).items()
+                   if "lora_B" in k)  # B started at zero and trained
+        merged = load_state_dict(out / "model")
+        assert merged.keys() == base.keys()  # exported merged, in the base's layout
+        assert any(not torch.equal(merged[k], base[k]) for k in base if "q_proj" in k)
+        assert all(torch.equal(merged[k], base[k]) for k in base if "norm" in k)  # not an adapter target
+
+
 def test_sample_stage_plumbing(tmp_path, tiny_model_dir):
     """An untrained model answers nothing correctly: every sample is counted under a reason, and the output is the
     non-reasoning mix alone, versioned with stats."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.pipeline.config import file_field
+from r1kit.train.lora import LoRAConfig
 
 
 @dataclass
@@ -34,6 +35,9 @@ class SFTStageConfig:
     max_len: int = 512  # longer examples are dropped
     eval_frac: float = 0.05  # held-out chats for the eval loss
     seed: int = 0
+    micro_batch_tokens: int = 8192  # padded tokens per forward/backward (gradients accumulate)
+    grad_checkpointing: str = "auto"  # on | off | auto
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank 0 = full fine-tune
 
 
 def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
@@ -45,7 +49,11 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     source = inputs.get("data") or cfg.data
     if not source:
         raise R1kitError("sft stage: give a `data` input stage or a `data` file")
+    from r1kit.train import lora
+
     model, tok, _ = modelio.load(inputs["model"])
+    if cfg.lora.rank:
+        lora.apply(model, cfg.lora)
     chats = data.read_chat_jsonl(source)
     random.Random(cfg.seed).shuffle(chats)
     n_eval = int(len(chats) * cfg.eval_frac) if len(chats) >= 20 else 0
@@ -56,7 +64,8 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     rows = data.pack(train_ex, cfg.pack_len, cfg.seed) if cfg.pack else train_ex
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     sc = sft.SFTConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=min(cfg.warmup, steps // 2),
-                       min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed)
+                       min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                       micro_batch_tokens=cfg.micro_batch_tokens, grad_checkpointing=cfg.grad_checkpointing)
     ctx.log(f"  sft: {len(chats) - n_eval} chats -> {len(train_ex)} examples -> {len(rows)} rows "
             f"(padding {data.padding_fraction(rows, cfg.batch_size):.0%}), {steps} steps")
     trained = data.DocumentMasked(model, tok.bos_id) if cfg.pack else model  # the one difference packing makes
@@ -70,5 +79,8 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     metrics = {"steps": steps, "chats": len(chats), "rows": len(rows), "loss": sum(losses[-10:]) / len(losses[-10:])}
     if eval_ex:
         metrics["eval_loss"] = sft.evaluate(trained, eval_ex, cfg.batch_size)
-    modelio.save(model, tok, out / "model", template="r1", init=str(inputs["model"]), sft_steps=steps)
+    modelio.save(model, tok, out / "model", template="r1", init=str(inputs["model"]), sft_steps=steps,
+                 lora=lora.config_dict(model))  # merged weights; the adapter itself beside them
+    if lora.is_lora(model):
+        lora.save_adapter(model, out / "adapter", base=str(inputs["model"]))
     return StageResult({"model": "model"}, metrics)

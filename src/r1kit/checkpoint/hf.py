@@ -273,18 +273,20 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device="c
 # --------------------------------------------------------------------------------------------------------------
 # writing
 
-def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The model's tensors under HF keys (tied heads omitted; MTP copies of the shared embedding/head added)."""
+def hf_state_dict(model: Transformer, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors (or `state`, a full state dict of it, e.g. gathered from shards) under HF keys (tied
+    heads omitted; MTP copies of the shared embedding/head added)."""
     cfg = model.cfg
+    state = model.state_dict() if state is None else state
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue
         out[to_hf_key(name, cfg)] = t
     for k in range(cfg.n_mtp):
         layer = f"model.layers.{cfg.n_layers + k}"
-        out[f"{layer}.embed_tokens.weight"] = model.embed_tokens.weight
-        out[f"{layer}.shared_head.head.weight"] = model.lm_head.weight
+        out[f"{layer}.embed_tokens.weight"] = state["embed_tokens.weight"]
+        out[f"{layer}.shared_head.head.weight"] = state.get("lm_head.weight", state["embed_tokens.weight"])
     return out
 
 

@@ -261,7 +261,11 @@ def update_moe_bias(model: nn.Module, gamma: float):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)
         if load.sum() > 0:
-            m.gate.e_score_correction_bias += gamma * torch.sign(load.mean() - load)
+            bias, delta = m.gate.e_score_correction_bias, gamma * torch.sign(load.mean() - load)
+            if hasattr(bias, "device_mesh"):  # sharded by FSDP2: add to this rank's part of the vector
+                from torch.distributed.tensor import distribute_tensor
+                delta = distribute_tensor(delta, bias.device_mesh, bias.placements)
+            bias += delta
         m.load = None
 
 

@@ -76,7 +76,11 @@ def batch_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: fl
     return out
 
 
-def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int, template: str = "r1-zero") -> Rollout:
+def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int, template: str = "r1-zero",
+            first: int = 0) -> Rollout:
+    """Sample G completions of each example and score them. `first` is the global index of examples[0] in the
+    step (several ranks each roll out a slice): sample seeds follow the global index, so the samples do not depend
+    on how many ranks share the step."""
     from r1kit.engine.sampling import SamplingParams
     from r1kit.tasks import prompt_ids
 
@@ -84,7 +88,8 @@ def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int, 
     prompts = [prompt_ids(tok, task, ex, template) for ex in examples]
     # one seed per sample (the engine seeds group member j with seed + j), so groups never share noise
     params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                             stop_token_ids=[tok.eos_id], seed=seed * 65_537 + i * G) for i in range(len(prompts))]
+                             stop_token_ids=[tok.eos_id], seed=seed * 65_537 + (first + i) * G)
+              for i in range(len(prompts))]
     results = engine.generate(prompts, params, n=G)  # prompt i's samples at i*G .. i*G+G-1
     seqs = [prompts[i // G] + list(r.token_ids) for i, r in enumerate(results)]
     texts = [tok.decode(r.token_ids, skip_special_tokens=True) for r in results]
@@ -122,6 +127,7 @@ def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.T
     """
     from r1kit.model.deepseek import update_moe_bias
     from r1kit.rl.loss import token_weights
+    from r1kit.train import dist
     from r1kit.train.batching import micro_batches, row_lengths
     from r1kit.train.logprobs import sequence_logprobs
     from r1kit.train.precision import autocast
@@ -138,8 +144,10 @@ def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.T
     for _ in range(cfg.mu):
         for mini in minis:
             m_mask = mask[mini]
-            weights = token_weights(m_mask, cfg.agg, cfg.max_new_tokens)  # the mini-batch's normalisers
-            n_tok = m_mask.sum().clamp(min=1)
+            # the mini-batch's normalisers, summed over the ranks that share it
+            n_rows = float(dist.all_sum(torch.tensor(float(len(mini)))))
+            n_tok = dist.all_sum(m_mask.sum()).clamp(min=1)
+            weights = token_weights(m_mask, cfg.agg, cfg.max_new_tokens, n_rows=n_rows, n_tokens=n_tok)
             st_sum = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0}
             opt.zero_grad(set_to_none=True)
             for local in micro_batches(lengths[mini].tolist(), cfg.micro_batch_tokens):
@@ -164,14 +172,15 @@ def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.T
             opt.step()
             if cfg.moe_gamma and policy.cfg.moe:
                 update_moe_bias(policy, cfg.moe_gamma)
-            st_sum["grad_norm"] = grad_norm.item()
+            st_sum = {k: float(dist.all_sum(torch.tensor(v, dtype=torch.float64))) for k, v in st_sum.items()}
+            st_sum["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             sums = st_sum  # the last optimiser step's figures, as before mini-batches
     policy.eval()
     return sums
 
 
 def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRPOConfig, step: int,
-              template: str = "r1-zero") -> dict:
+              template: str = "r1-zero", first: int = 0) -> dict:
     """One GRPO step: rollouts, advantages, then grpo_update. Returns the logged stats. `ref` is the reference
     model, or a callable (ids, mask) -> log-probs (a LoRA policy with its adapters off), or None."""
     from r1kit.rewards import reflection_rate
@@ -183,10 +192,13 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
     policy.eval()
     with torch.no_grad():
         ro = rollout(engine, tok, examples, task, reward_fn, cfg, seed=cfg.seed * 1_000_003 + step,
-                     template=template)
+                     template=template, first=first)
     t_gen = time.perf_counter() - t0
     G = cfg.group_size
-    adv = group_advantages(ro.rewards, G, cfg.scale_rewards)  # [N]
+    everyone = _gathered(ro)  # the whole step's rollouts (this rank's when alone): logs and batch-wide scales
+    adv = group_advantages(ro.rewards, G, cfg.scale_rewards)  # [N], groups are whole on a rank
+    if cfg.scale_rewards == "batch" and everyone is not ro:
+        adv = group_advantages(ro.rewards, G, "none") / (everyone.rewards.std() + 1e-6)
     mask = ro.mask
     if cfg.mask_truncated:
         mask = mask * (~ro.truncated)[:, None]
@@ -197,6 +209,8 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
         stats |= grpo_update(policy, opt, ro.ids[keep], mask[keep], adv[keep], cfg, ref)
     dt = time.perf_counter() - t0
     n_tokens = int(ro.lengths.sum())
+    zero = zero_std_groups(everyone.rewards, G)
+    ro = everyone
     stats |= {
         "reward": ro.rewards.mean().item(), "reward_std": ro.rewards.std().item(),
         **{f"reward/{k}": v.nanmean().item() for k, v in ro.per_fn.items()},  # over the samples it applies to
@@ -208,3 +222,18 @@ def grpo_step(policy, ref, engine, opt, tok, examples, task, reward_fn, cfg: GRP
         "step_time": dt, "gen_time": t_gen, "train_time": dt - t_gen, "tokens_per_s": n_tokens / t_gen,
     }
     return stats
+
+
+def _gathered(ro: Rollout):
+    """The rollouts of every rank in rank order (just `ro` with one process): what the logs describe."""
+    from r1kit.train import dist
+
+    if not dist.current().on:
+        return ro
+    import torch.distributed as td
+    parts = [None] * dist.current().world
+    td.all_gather_object(parts, {"rewards": ro.rewards, "per_fn": ro.per_fn, "texts": ro.texts,
+                                 "lengths": ro.lengths, "truncated": ro.truncated})
+    cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+    return Rollout(None, None, cat("rewards"), {k: torch.cat([p["per_fn"][k] for p in parts]) for k in ro.per_fn},
+                   [t for p in parts for t in p["texts"]], cat("lengths"), cat("truncated"))

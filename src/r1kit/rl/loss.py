@@ -77,22 +77,25 @@ def get_aggregation(name: str) -> Callable:
     return AGGREGATIONS[key]
 
 
-def token_weights(mask: torch.Tensor, agg: str, max_len: int | None = None) -> torch.Tensor:
+def token_weights(mask: torch.Tensor, agg: str, max_len: int | None = None, n_rows: float | None = None,
+                  n_tokens: float | None = None) -> torch.Tensor:
     """[N, L] weights w with sum(x * w) == aggregate(x, mask, max_len) for every x.
 
     Computed once over a whole (mini-)batch, they let any split of its rows into micro-batches add up to exactly
     the whole-batch loss and gradient: each normaliser (token count, sequence count and lengths, the Dr. GRPO
-    constant) is a property of the whole batch, never of a micro-batch.
+    constant) is a property of the whole batch, never of a micro-batch. When the batch is spread over ranks, pass
+    its global row and token counts (n_rows, n_tokens); each rank's weights then sum to its share of the whole.
     """
     key = ALIASES.get(agg, agg)
     get_aggregation(key)
     mask = mask.float()
     N, L = mask.shape
+    n_rows = N if n_rows is None else n_rows
     if key == "seq-mean-token-mean":
-        return mask / (mask.sum(-1, keepdim=True).clamp(min=1) * N)
+        return mask / (mask.sum(-1, keepdim=True).clamp(min=1) * n_rows)
     if key == "token-mean":
-        return mask / mask.sum().clamp(min=1)
-    return mask / (N * (max_len or L))
+        return mask / (mask.sum() if n_tokens is None else torch.as_tensor(n_tokens)).clamp(min=1)
+    return mask / (n_rows * (max_len or L))
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,

@@ -1,8 +1,14 @@
-"""Training checkpoints that survive `kill -9`: each is written to a temporary folder, then renamed into place.
+"""Training checkpoints that survive `kill -9` and resume on any number of processes.
 
-A checkpoint folder `checkpoint-000040/` holds the policy in the HF layout (loadable by any r1kit or transformers
-tool) and `trainer_state.pt`: the step, optimiser state, reference model and RNG states. Data order and sampling
-seeds derive from (seed, step), so the step number is all the data state there is.
+A checkpoint folder `checkpoint-000040/` holds:
+- the policy in the HF layout (config.json, model.safetensors, tokenizer): loadable by any r1kit or transformers
+  tool as it is (merged weights for a LoRA policy, whose adapter sits in `adapter/`);
+- `dcp/`: policy, optimiser and reference as a torch.distributed.checkpoint, written by every rank in parallel
+  (sharded under FSDP2) and readable by any world size, one process included;
+- `trainer_state.pt`: the step, the RNG states and the caller's `extra`, plain tensors and numbers read back with
+  `weights_only=True`.
+Each checkpoint is written to a temporary folder, then renamed into place. Data order and sampling seeds derive
+from (seed, step), so the step number is all the data state there is.
 """
 from __future__ import annotations
 
@@ -13,36 +19,56 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 
-from r1kit.checkpoint.hf import load_state_dict, save_model, from_hf_key
+from r1kit.train import dist
 
 PATTERN = re.compile(r"checkpoint-(\d{6})$")
 
 
+def _trainer_state(policy, ref, opt) -> dict:
+    state = {"model": get_model_state_dict(policy), "optim": get_optimizer_state_dict(policy, opt)}
+    if ref is not None:
+        state["ref"] = get_model_state_dict(ref)
+    return state
+
+
 def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, extra: dict | None = None,
                tokenizer=None) -> Path:
+    from r1kit.checkpoint.hf import hf_state_dict, save_checkpoint
+    from r1kit.train import lora
+
+    d = dist.current()
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step:06d}"
     tmp = run_dir / f".tmp-checkpoint-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    from r1kit.train import lora
-    if lora.is_lora(policy):  # the merged weights (loadable anywhere) and the adapter the run resumes from
-        save_model(lora.merged(policy), tmp)
-        lora.save_adapter(policy, tmp / "adapter")
-    else:
-        save_model(policy, tmp)
-    if tokenizer is not None:  # a checkpoint is self-contained: generate, eval and serve load it as is
-        tokenizer.save(tmp)
-    state = {"step": step, "optimizer": opt.state_dict(), "ref": ref.state_dict() if ref is not None else None,
-             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "extra": extra or {}}
-    torch.save(state, tmp / "trainer_state.pt")
-    _fsync_dir(tmp)
-    if final.exists():  # a rerun of the same step after a crash: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(run_dir)
-    for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if d.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(_trainer_state(policy, ref, opt), checkpoint_id=str(tmp / "dcp"))
+    # the HF export: full weights gathered from the shards (a no-op gather with one process), written by rank 0
+    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.main:
+        if lora.is_lora(policy):
+            lora.save_adapter(policy, tmp / "adapter")
+            full = lora.merged_state(policy, full)
+        save_checkpoint(tmp, policy.cfg, hf_state_dict(policy, full))
+        if tokenizer is not None:  # a checkpoint is self-contained: generate, eval and serve load it as is
+            tokenizer.save(tmp)
+        torch.save({"step": step, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                    "extra": extra or {}, "world": d.world}, tmp / "trainer_state.pt")
+        _fsync_dir(tmp)
+        if final.exists():  # a rerun of the same step after a crash: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+        for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -54,26 +80,30 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_state(path: Path, policy, ref, opt) -> dict:
-    """Restore policy, reference model, optimiser and RNGs in place; returns the saved state (step, extra)."""
-    from r1kit.train import lora
-
+    """Restore policy, reference model, optimiser and RNGs in place, on however many ranks run now; returns the
+    saved state (step, extra)."""
     path = Path(path)
-    if lora.is_lora(policy):
-        lora.load_adapter(policy, path / "adapter")
-    else:
-        weights = {from_hf_key(k, policy.cfg): v for k, v in load_state_dict(path).items()}
-        weights = {k: v for k, v in weights.items() if k is not None}
-        missing, unexpected = policy.load_state_dict(weights, strict=False)
-        missing = [m for m in missing if not (m == "lm_head.weight" and policy.cfg.tie_embeddings)]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: checkpoint mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    if ref is not None and state["ref"] is not None:
-        ref.load_state_dict(state["ref"])
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    return state
+    state = _trainer_state(policy, ref, opt)
+    # reshards to this world size; partial: an MoE expert that no token reached yet has no optimiser state
+    dcp.load(state, checkpoint_id=str(path / "dcp"), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(policy, state["model"])
+    set_optimizer_state_dict(policy, opt, state["optim"])
+    # a parameter that had no optimiser state when saved (an MoE expert no token has reached) must have none now,
+    # or Adam's step count would start at 1 instead of 0 and the run would drift from an uninterrupted one
+    saved_keys = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+    for name, p in policy.named_parameters():
+        if p in opt.state and f"optim.state.{name}.step" not in saved_keys:
+            del opt.state[p]
+    if ref is not None and "ref" in state:
+        set_model_state_dict(ref, state["ref"])
+    saved = torch.load(path / "trainer_state.pt", weights_only=True)
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(_as_tuple(saved["rng"]["python"]))
+    return saved
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _fsync_dir(path: Path):

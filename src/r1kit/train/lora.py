@@ -165,3 +165,16 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
 
 def config_dict(model: nn.Module) -> dict | None:
     return asdict(model.lora_config) if is_lora(model) else None
+
+
+@torch.no_grad()
+def merged_state(model: nn.Module, full: dict) -> dict:
+    """A full state dict of a LoRA model (e.g. gathered from shards) with W + delta in place of W and the adapter
+    tensors dropped: the export a plain model loads."""
+    cfg: LoRAConfig = model.lora_config
+    out = {k: v for k, v in full.items() if ".lora_" not in k}
+    for name in layers(model):
+        A, B = full[f"{name}.lora_A"], full[f"{name}.lora_B"]
+        w = out[f"{name}.weight"]
+        out[f"{name}.weight"] = w + ((B.float() @ A.float()) * cfg.scale).to(w.dtype)
+    return out

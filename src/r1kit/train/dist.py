@@ -1,0 +1,120 @@
+"""Data-parallel training on PyTorch's own stack: torchrun starts the processes, FSDP2 (`fully_shard` per block)
+shards parameters, gradients and optimiser state, torch.distributed.checkpoint writes sharded checkpoints.
+
+With one process (no torchrun, or WORLD_SIZE=1) every function here is a no-op or the identity, so single-process
+runs take exactly the code path they always did.
+
+    d = dist.setup()                      # reads torchrun's env; NCCL on CUDA, gloo on CPU
+    dist.shard(model)                     # FSDP2 per transformer block, then the root; a no-op at world size 1
+    dist.all_sum(t)                       # a global normaliser (token count, sequence count)
+    dist.gather_weights(model, copy)      # full weights into an inference copy, one tensor at a time
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def setup() -> Dist:
+    """Join the process group torchrun describes in the environment (idempotent); Dist() without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not td.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            td.init_process_group("nccl")
+        else:
+            td.init_process_group("gloo")
+    return Dist(rank, world, local)
+
+
+def current() -> Dist:
+    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
+        return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist()
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (a copy; x itself is left alone). The identity with one process."""
+    if not current().on:
+        return x
+    y = x.detach().clone().float()
+    td.all_reduce(y)
+    return y.to(x.dtype)
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def shard(model, trainable: bool = True):
+    """FSDP2: each transformer block (and MTP module) is one unit, the root holds embeddings, norm and head.
+
+    Gradients are summed across ranks, not averaged: the loss of each rank already carries the global normaliser
+    (rl.loss.token_weights over all-reduced counts), so N ranks x B/N rows make exactly the update of 1 x B. On CUDA
+    the parameters are cast to bf16 for compute while the sharded fp32 copies stay the master weights, and
+    gradients are reduced in fp32.
+    """
+    if not current().on:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if next(model.parameters()).device.type == "cuda":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in list(model.layers) + list(getattr(model, "mtp", None) or []):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    if trainable:
+        for m in model.modules():
+            if is_sharded(m):
+                m.set_gradient_divide_factor(1.0)
+    return model
+
+
+@torch.no_grad()
+def gather_weights(model, into) -> None:
+    """Copy the full weights of a (possibly sharded) model into `into`, an unsharded model of the same shape, one
+    tensor at a time, so a rank never holds a second full copy beyond `into` itself."""
+    from torch.distributed.tensor import DTensor
+
+    dst = dict(into.named_parameters())
+    for name, p in model.named_parameters():
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        dst[name].copy_(full)
+        del full
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object on every rank."""
+    if not current().on:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if current().on:
+        td.barrier()

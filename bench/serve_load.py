@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve_load.py [--model tiny] [--clients 32] [--requests 4] [--max-tokens 64]
 
-The server runs as a subprocess (`r1kit.serve.app.serve`, torch single-threaded) on a free port of 127.0.0.1; the
+The server runs as a subprocess (`r1kit.serve.serve.serve`, torch single-threaded) on a free port of 127.0.0.1; the
 clients are asyncio coroutines in this process speaking minimal HTTP/1.1 over raw sockets (the load generator shares
 the CPU with the server, so it must be cheap), each streaming `/v1/chat/completions` (SSE, include_usage) with
 `ignore_eos` so every request generates exactly --max-tokens tokens. Prompts are distinct and shorter than one
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     name = Path(args.model.rstrip("/")).name
-    code = (f"from r1kit.serve.app import serve; serve({args.model!r}, port={port}, max_batch={args.max_batch}, "
+    code = (f"from r1kit.serve.serve import serve; serve({args.model!r}, port={port}, max_batch={args.max_batch}, "
             f"max_seq_len=512, threads={args.threads}, max_queue={args.clients * 2})")
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

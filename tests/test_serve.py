@@ -14,8 +14,9 @@ import openai
 import pytest
 import torch
 
-from r1kit.serve import app as app_module
-from r1kit.serve.app import create_app, serve_in_thread
+from r1kit.serve import server as server_module
+from r1kit.serve.app import create_app
+from r1kit.serve.serve import serve_in_thread
 from r1kit.serve.reasoning import split_reasoning
 from r1kit.serve.schemas import MAX_N, MAX_TOKENS_LIMIT
 from r1kit.serve.scripted import ScriptedModel
@@ -33,7 +34,8 @@ def script(user: str):
 
 
 def expected(user: str):
-    return f"{REASONING}\n", f"\n\nThe answer is 4. ({user[-24:]})"
+    """(reasoning, content): the answer's leading blank lines are trimmed, as DeepSeek's API does."""
+    return f"{REASONING}\n", f"The answer is 4. ({user[-24:]})"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,7 +96,7 @@ def test_non_streaming_reasoning_split_and_usage(client):
     tok = Tokenizer.builtin()
     # reasoning tokens: the prefill's "<think>\n" is in the prompt; the reply's thought runs up to and with </think>
     assert u["completion_tokens_details"]["reasoning_tokens"] == len(tok.encode(REASONING + "\n</think>"))
-    assert u["completion_tokens"] == len(tok.encode(f"{REASONING}\n</think>{expected('What is 2+2?')[1]}")) + 1  # +eos
+    assert u["completion_tokens"] == len(tok.encode(f"{REASONING}\n</think>\n\n{expected('What is 2+2?')[1]}")) + 1
 
 
 def test_streaming_concatenates_to_the_non_streaming_reply(client):
@@ -130,7 +132,8 @@ def test_token_by_token_deltas_equal_the_split_of_the_whole_text(url):
     c = "".join(d["choices"][0]["delta"].get("content") or "" for d in data)
     tok = Tokenizer.builtin()
     raw = tok.decode(tok.encode(f"{REASONING}\n</think>\n\nThe answer is 4. (Q)")[:60])
-    assert (r or None, c or None) == split_reasoning(raw)
+    want_r, want_c = split_reasoning(raw)
+    assert (r or None, c or None) == (want_r, want_c.lstrip("\n") or None)
 
 
 def test_thinking_switch(client):
@@ -181,13 +184,15 @@ def test_multi_turn_history_and_n_choices(client):
     assert u["completion_tokens"] == 3 * chat(client, "Sure?").usage.completion_tokens
 
 
-def test_stop_strings(client):
-    resp = chat(client, "Hi", stop=["make"])
-    assert resp.choices[0].message.reasoning_content == "Let me think. 2 and 2 "
-    assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content is None
-    assert stream_chat(client, "Hi", stop=["make"])[:3] == ("Let me think. 2 and 2 ", None, "stop")
-    r, c, _, _ = stream_chat(client, "Hi", stop="answer")  # a stop string inside the answer
-    assert (r, c) == (REASONING + "\n", "\n\nThe ")
+def test_stop_strings_apply_to_the_answer_not_the_thought(client):
+    resp = chat(client, "Hi", stop=["make"])  # "make" is in the thought only: the reply runs to its end
+    assert (resp.choices[0].message.reasoning_content, resp.choices[0].message.content) == expected("Hi")
+    assert resp.choices[0].finish_reason == "stop"
+    assert stream_chat(client, "Hi", stop=["make"])[:2] == expected("Hi")
+    for stop in ("answer", ["zzz", "answer"]):  # a stop string inside the answer cuts it there
+        assert stream_chat(client, "Hi", stop=stop)[:3] == (REASONING + "\n", "The ", "stop")
+        resp = chat(client, "Hi", stop=stop)
+        assert resp.choices[0].message.content == "The " and resp.choices[0].finish_reason == "stop"
 
 
 def test_completions_endpoint(client):
@@ -296,7 +301,7 @@ def test_openai_client_raises_on_reasoning_content_in_history(client):
 @pytest.fixture()
 def small_url(monkeypatch):
     """2 slots, no queue: a third request in flight gets 429. Keep-alives every 0.2 s."""
-    monkeypatch.setattr(app_module, "KEEPALIVE_S", 0.2)
+    monkeypatch.setattr(server_module, "KEEPALIVE_S", 0.2)
     tok = Tokenizer.builtin()
     app = create_app(ScriptedModel(tok, script, max_seq_len=4096), tok, model_name=MODEL, max_batch=2,
                      max_queue=0)
@@ -329,7 +334,7 @@ def test_full_queue_429_and_disconnects_free_slots(small_url):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/chat/completions", json={**endless, "stream": False}, timeout=0.5)
     wait_idle(url)
-    assert srv.engine.results == {} and srv.worker._owner == {}  # nothing left behind
+    assert srv.engine.results == {} and srv.worker.stats().tracked == 0  # nothing left behind
     assert post(url, {"model": MODEL, "messages": MSG}).status_code == 200
 
 
@@ -384,7 +389,7 @@ def test_concurrent_streams_share_the_batch():
 
     with serve_in_thread(app) as url:
         assert asyncio.run(run(url)) == [24] * 8
-        assert app.state.server.worker.max_running > 1
+        assert app.state.server.worker.stats().max_running > 1
         wait_idle(url)
 
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import torch
 
-from r1kit.serve.app import create_app, serve_in_thread
+from r1kit.serve.app import create_app
+from r1kit.serve.serve import serve_in_thread
 from r1kit.serve.scripted import ScriptedModel
 from r1kit.tokenizer import Tokenizer
 

@@ -115,38 +115,46 @@ class APIKey:
 
 
 class BodyLimit:
-    """413 for a body over max_bytes (by Content-Length, or counted as it arrives); 408 and a closed connection for
-    a body not complete `timeout` seconds after the app first asked for it (a slowloris sending it byte by byte).
-    uvicorn enforces no such deadline itself; its header deadline is set in serve.py."""
+    """Reads the whole request body before the app runs (every endpoint parses all of it anyway): 413 for a body over
+    max_bytes (by Content-Length, or counted as it arrives), 408 and a closed connection for a body not complete
+    `timeout` seconds after its head (a slowloris sending it byte by byte). uvicorn enforces no body deadline
+    itself; its head deadline is set in serve.py."""
 
     def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, timeout: float = 30.0):
         self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
-        too_big = f"request body over {self.max_bytes} bytes"
+        too_big = APIError(413, f"request body over {self.max_bytes} bytes", code="request_too_large",
+                           headers={"Connection": "close"})
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await APIError(413, too_big, code="request_too_large").response()(scope, receive, send)
-        seen, deadline, done = 0, None, False
-
-        async def limited():
-            nonlocal seen, deadline, done
-            if done:  # the body is in: what follows is the disconnect notice, which may come at any time
-                return await receive()
-            if deadline is None:
-                deadline = asyncio.get_running_loop().time() + self.timeout
-            try:
-                async with asyncio.timeout_at(deadline):
+            return await too_big.response()(scope, receive, send)
+        chunks, seen = [], 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
                     msg = await receive()
-            except TimeoutError:
-                raise APIError(408, f"the request body did not arrive within {self.timeout:g} s",
-                               code="request_timeout", headers={"Connection": "close"}) from None
-            seen += len(msg.get("body", b""))
-            done = msg["type"] != "http.request" or not msg.get("more_body", False)
-            if seen > self.max_bytes:
-                raise APIError(413, too_big, code="request_too_large")
-            return msg
+                    if msg["type"] != "http.request":  # the client left before sending it all
+                        return
+                    chunks.append(msg.get("body", b""))
+                    seen += len(chunks[-1])
+                    if seen > self.max_bytes:
+                        return await too_big.response()(scope, receive, send)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            late = APIError(408, f"the request body did not arrive within {self.timeout:g} s", code="request_timeout",
+                            headers={"Connection": "close"})
+            return await late.response()(scope, receive, send)
+        body, replayed = b"".join(chunks), False
 
-        await self.app(scope, limited, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:  # what follows is the disconnect notice, which may come at any time
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

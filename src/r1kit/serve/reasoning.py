@@ -143,6 +143,7 @@ class ChoiceStream:
         self.tok, self.stop, self.parser, self.tools = tokenizer, stop, parser, tools
         self.hold = max(map(len, stop), default=1) - 1
         self.trim = trim_answer
+        self._started = False  # the answer has begun (its leading blank lines are behind)
         self.ids: list[int] = []
         self._prefix = self._read = 0  # detokenizer window: ids[prefix:read] was decoded last time
         self.text = ""  # decoded so far
@@ -215,8 +216,9 @@ class ChoiceStream:
             elif not final:
                 end = max(self.answered, end - self.hold)
         c, self.answered = self.answer[self.answered:end], end
-        if self.trim and not "".join(self.content):
+        if self.trim and not self._started:
             c = c.lstrip("\r\n")
+            self._started = bool(c)
         if self.tools is not None:
             c, calls = self.tools.feed(c, final=final or self.finish_reason is not None)
             self.tool_calls += [{**call, "index": len(self.tool_calls) + k} for k, call in enumerate(calls)]

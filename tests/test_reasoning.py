@@ -1,4 +1,4 @@
-"""The reasoning split (architecture.md 9.12-9.13): whole text, token by token, and every other chunking."""
+"""The reasoning split: whole text, token by token, and every other chunking."""
 import random
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from r1kit.serve.reasoning import ChoiceStream, ReasoningParser, initial_reasoning_state, render_prompt, split_reasoning
 from r1kit.tokenizer import Tokenizer
 
-# 9.12, verbatim
+# the reference cases of the split
 CASES = [
     ("abc</think>\n\nxyz", ("abc", "\n\nxyz")),
     ("<think>abc</think>xyz", ("abc", "xyz")),
@@ -61,7 +61,7 @@ def test_any_chunking_gives_the_same_split(text, expected):
 def test_single_tag_deltas_emit_nothing_and_mixed_deltas_split():
     p = ReasoningParser()
     assert p.feed("<think>") == ("", "")
-    assert p.feed("x</think>y") == ("x", "y")  # 9.13: reasoning "x" + content "y"
+    assert p.feed("x</think>y") == ("x", "y")  # reasoning "x" + content "y"
     assert not p.in_reasoning
     assert p.feed("</think>") == ("", "</think>")  # after </think> every delta is content
     assert p.feed("z") == ("", "z")
@@ -82,7 +82,7 @@ def test_thinking_disabled_starts_in_content():
 
 def test_initial_state_from_the_prompt():
     assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜><think>\n")  # the R1 prefill: inside the thought
-    assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜>")  # no tag: R1 thinks first (9.13)
+    assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜>")  # no tag: R1 thinks first
     assert not initial_reasoning_state("<｜Assistant｜><think>\n\n</think>\n\n")  # thinking switched off
     assert initial_reasoning_state("<｜Assistant｜>A<｜end▁of▁sentence｜><｜User｜>q<｜Assistant｜><think>\n")
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve_load.py [--model tiny] [--clients 32] [--requests 4] [--max-tokens 64]
 
-The server runs as a subprocess (`r1kit.serve.app.serve`, torch single-threaded) on a free port of 127.0.0.1; the
+The server runs as a subprocess (`r1kit.serve.serve.serve`, torch single-threaded) on a free port of 127.0.0.1; the
 clients are asyncio coroutines in this process speaking minimal HTTP/1.1 over raw sockets (the load generator shares
 the CPU with the server, so it must be cheap), each streaming `/v1/chat/completions` (SSE, include_usage) with
 `ignore_eos` so every request generates exactly --max-tokens tokens. Prompts are distinct and shorter than one
@@ -20,6 +20,10 @@ Phases:
      is reported (as bench/generate.py does: the 2 CPUs are shared with other jobs), errors are summed;
   4. idle: once /health shows nothing running, the server's RSS again (it must return to the baseline within
      --rss-tolerance-mb).
+
+The server runs as `r1kit serve` does, with its request log (one line per request, to a temporary file here) and
+/metrics; at the end the bench counts the log lines and reads the request counter from /metrics, so the figures
+hold with both on.
 
 An error is a non-200 answer, a stream without `data: [DONE]`, or a completion that is not --max-tokens long.
 Aggregate tokens/s at least 6x a single client's shows requests are batched, not served one after another.
@@ -155,9 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     name = Path(args.model.rstrip("/")).name
-    code = (f"from r1kit.serve.app import serve; serve({args.model!r}, port={port}, max_batch={args.max_batch}, "
+    code = (f"from r1kit.serve.serve import serve; serve({args.model!r}, port={port}, max_batch={args.max_batch}, "
             f"max_seq_len=512, threads={args.threads}, max_queue={args.clients * 2})")
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import tempfile
+
+    server_log = tempfile.TemporaryFile()  # the request log: a file, since a pipe nobody drains would fill up
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=server_log)
+
+    def log_tail() -> str:
+        server_log.seek(0)
+        return server_log.read().decode(errors="replace")[-2000:]
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+                raise SystemExit(f"server did not start: {log_tail()}")
             time.sleep(0.2)
         pid = server.pid
         rss_start = rss_mb(pid)
@@ -205,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
               f"latency p50 {load['latency_p50_s']} s p95 {load['latency_p95_s']} s")
         if errors:
             print("errors:", [e for r in singles + loads for e in r["first_errors"]][:5])
+        metrics = httpx.get(url + "/metrics").text
+        metric_requests = sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines()
+                              if ln.startswith('r1kit_requests_total{endpoint="/v1/chat/completions"'))
+        server_log.seek(0)
+        log_lines = sum(b" request chatcmpl-" in ln for ln in server_log.read().splitlines())
+        print(f"request log: {log_lines} lines; /metrics: {metric_requests:.0f} chat requests counted")
         rss_delta = rss_after - rss_base
         returned = rss_delta <= args.rss_tolerance_mb
         print(f"server RSS: baseline {rss_base:.1f} MB, after the load {rss_after:.1f} MB ({rss_delta:+.1f} MB, "

@@ -6,7 +6,7 @@ import pytest
 from r1kit.serve.reasoning import ChoiceStream, ReasoningParser, initial_reasoning_state, render_prompt, split_reasoning
 from r1kit.tokenizer import Tokenizer
 
-# 9.12, verbatim
+# the reference cases of the split
 CASES = [
     ("abc</think>\n\nxyz", ("abc", "\n\nxyz")),
     ("<think>abc</think>xyz", ("abc", "xyz")),
@@ -61,7 +61,7 @@ def test_any_chunking_gives_the_same_split(text, expected):
 def test_single_tag_deltas_emit_nothing_and_mixed_deltas_split():
     p = ReasoningParser()
     assert p.feed("<think>") == ("", "")
-    assert p.feed("x</think>y") == ("x", "y")  # 9.13: reasoning "x" + content "y"
+    assert p.feed("x</think>y") == ("x", "y")  # reasoning "x" + content "y"
     assert not p.in_reasoning
     assert p.feed("</think>") == ("", "</think>")  # after </think> every delta is content
     assert p.feed("z") == ("", "z")
@@ -82,7 +82,7 @@ def test_thinking_disabled_starts_in_content():
 
 def test_initial_state_from_the_prompt():
     assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜><think>\n")  # the R1 prefill: inside the thought
-    assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜>")  # no tag: R1 thinks first (9.13)
+    assert initial_reasoning_state("<｜User｜>Hi<｜Assistant｜>")  # no tag: R1 thinks first
     assert not initial_reasoning_state("<｜Assistant｜><think>\n\n</think>\n\n")  # thinking switched off
     assert initial_reasoning_state("<｜Assistant｜>A<｜end▁of▁sentence｜><｜User｜>q<｜Assistant｜><think>\n")
 
@@ -129,3 +129,76 @@ def test_render_prompt_thinking_switch():
     assert text == "<｜begin▁of▁sentence｜><｜User｜>S\n\nHi<｜Assistant｜><think>\n" and ids.count(tok.bos_id) == 1
     _, off = render_prompt(tok, msgs, thinking=False)
     assert off.endswith("<｜Assistant｜><think>\n\n</think>\n\n") and not initial_reasoning_state(off)
+
+
+def test_optional_thought_for_templates_that_may_not_think():
+    """--template model: no tag in the prompt -> None: the reply is answer unless it opens with <think>."""
+    assert initial_reasoning_state("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", forced=False) is None
+    assert initial_reasoning_state("x<think>\n", forced=False) is True
+    for text, want in [("plain answer", (None, "plain answer")), ("<think>r</think>a", ("r", "a")),
+                       ("\n<think>r</think>a", ("r", "a")), ("<thi", (None, "<thi")), ("", (None, None)),
+                       ("a <think> b", (None, "a <think> b"))]:
+        assert split_reasoning(text, in_reasoning=None) == want, text
+        assert stream(list(text), in_reasoning=None)[:2] == want, text
+
+
+def test_stop_strings_never_cut_the_thought_and_the_answer_is_trimmed():
+    tok = Tokenizer.builtin()
+    ids = tok.encode("STOP in thought</think>\n\nanswer STOP here")
+    ch = ChoiceStream(tok, ["STOP"], ReasoningParser(True), trim_answer=True)
+    for t in ids:
+        ch.add(t)
+        if ch.finish_reason:
+            break
+    ch.finish(None)
+    assert ch.result_text() == ("STOP in thought", "answer ") and ch.finish_reason == "stop"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the R1 renderer with tools, and tool calls parsed back
+
+def test_render_r1_chat_equals_render_r1_without_tools():
+    from r1kit.serve.tools import render_r1_chat
+    from r1kit.tokenizer import render_r1
+
+    chats = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
+              {"role": "assistant", "content": "<think>\nr\n</think>\n\nA"}, {"role": "user", "content": "b"}]]
+    for msgs in chats:
+        assert render_r1_chat(msgs, thinking=True) == render_r1(msgs)
+
+
+def test_render_r1_chat_with_tool_calls_and_outputs():
+    from r1kit.serve.tools import render_r1_chat
+
+    msgs = [{"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "f", "arguments": '{"a": 1}'}}, {"function": {"name": "g", "arguments": "{}"}}]},
+            {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}]
+    text = render_r1_chat(msgs, thinking=False)
+    assert text == (
+        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n"
+        '```json\n{"a": 1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{}\n```'
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>1"
+        "<｜tool▁output▁end｜>\n<｜tool▁output▁begin｜>2<｜tool▁output▁end｜><｜tool▁outputs▁end｜><think>\n\n</think>\n\n")
+    with_tools = render_r1_chat(msgs[:1], tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert "### f" in with_tools and with_tools.index("### f") < with_tools.index("Q<｜Assistant｜>")
+
+
+def test_tool_call_parser_any_chunking_gives_the_same_calls():
+    from r1kit.serve.tools import ToolCallParser
+
+    text = ('Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{"x": [1, 2]}\n```'
+            '<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\nnot json\n```<｜tool▁call▁end｜>'
+            '<｜tool▁calls▁end｜>')
+    rng = random.Random(0)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(len(text) + 1), k=rng.randint(0, 6)))
+        p, content, calls = ToolCallParser(), "", []
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            c, new = p.feed(text[a:b])
+            content, calls = content + c, calls + new
+        assert content == "Let me check."
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == \
+            [("f", '{"x": [1, 2]}'), ("g", "not json")]
+    assert ToolCallParser().feed("a <｜tool", final=True) == ("a <｜tool", [])  # never completed: plain text

@@ -14,8 +14,9 @@ import openai
 import pytest
 import torch
 
-from r1kit.serve import app as app_module
-from r1kit.serve.app import create_app, serve_in_thread
+from r1kit.serve import server as server_module
+from r1kit.serve.app import create_app
+from r1kit.serve.serve import serve_in_thread
 from r1kit.serve.reasoning import split_reasoning
 from r1kit.serve.schemas import MAX_N, MAX_TOKENS_LIMIT
 from r1kit.serve.scripted import ScriptedModel
@@ -33,7 +34,8 @@ def script(user: str):
 
 
 def expected(user: str):
-    return f"{REASONING}\n", f"\n\nThe answer is 4. ({user[-24:]})"
+    """(reasoning, content): the answer's leading blank lines are trimmed, as DeepSeek's API does."""
+    return f"{REASONING}\n", f"The answer is 4. ({user[-24:]})"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,7 +96,7 @@ def test_non_streaming_reasoning_split_and_usage(client):
     tok = Tokenizer.builtin()
     # reasoning tokens: the prefill's "<think>\n" is in the prompt; the reply's thought runs up to and with </think>
     assert u["completion_tokens_details"]["reasoning_tokens"] == len(tok.encode(REASONING + "\n</think>"))
-    assert u["completion_tokens"] == len(tok.encode(f"{REASONING}\n</think>{expected('What is 2+2?')[1]}")) + 1  # +eos
+    assert u["completion_tokens"] == len(tok.encode(f"{REASONING}\n</think>\n\n{expected('What is 2+2?')[1]}")) + 1
 
 
 def test_streaming_concatenates_to_the_non_streaming_reply(client):
@@ -130,7 +132,8 @@ def test_token_by_token_deltas_equal_the_split_of_the_whole_text(url):
     c = "".join(d["choices"][0]["delta"].get("content") or "" for d in data)
     tok = Tokenizer.builtin()
     raw = tok.decode(tok.encode(f"{REASONING}\n</think>\n\nThe answer is 4. (Q)")[:60])
-    assert (r or None, c or None) == split_reasoning(raw)
+    want_r, want_c = split_reasoning(raw)
+    assert (r or None, c or None) == (want_r, want_c.lstrip("\n") or None)
 
 
 def test_thinking_switch(client):
@@ -181,13 +184,15 @@ def test_multi_turn_history_and_n_choices(client):
     assert u["completion_tokens"] == 3 * chat(client, "Sure?").usage.completion_tokens
 
 
-def test_stop_strings(client):
-    resp = chat(client, "Hi", stop=["make"])
-    assert resp.choices[0].message.reasoning_content == "Let me think. 2 and 2 "
-    assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content is None
-    assert stream_chat(client, "Hi", stop=["make"])[:3] == ("Let me think. 2 and 2 ", None, "stop")
-    r, c, _, _ = stream_chat(client, "Hi", stop="answer")  # a stop string inside the answer
-    assert (r, c) == (REASONING + "\n", "\n\nThe ")
+def test_stop_strings_apply_to_the_answer_not_the_thought(client):
+    resp = chat(client, "Hi", stop=["make"])  # "make" is in the thought only: the reply runs to its end
+    assert (resp.choices[0].message.reasoning_content, resp.choices[0].message.content) == expected("Hi")
+    assert resp.choices[0].finish_reason == "stop"
+    assert stream_chat(client, "Hi", stop=["make"])[:2] == expected("Hi")
+    for stop in ("answer", ["zzz", "answer"]):  # a stop string inside the answer cuts it there
+        assert stream_chat(client, "Hi", stop=stop)[:3] == (REASONING + "\n", "The ", "stop")
+        resp = chat(client, "Hi", stop=stop)
+        assert resp.choices[0].message.content == "The " and resp.choices[0].finish_reason == "stop"
 
 
 def test_completions_endpoint(client):
@@ -296,7 +301,7 @@ def test_openai_client_raises_on_reasoning_content_in_history(client):
 @pytest.fixture()
 def small_url(monkeypatch):
     """2 slots, no queue: a third request in flight gets 429. Keep-alives every 0.2 s."""
-    monkeypatch.setattr(app_module, "KEEPALIVE_S", 0.2)
+    monkeypatch.setattr(server_module, "KEEPALIVE_S", 0.2)
     tok = Tokenizer.builtin()
     app = create_app(ScriptedModel(tok, script, max_seq_len=4096), tok, model_name=MODEL, max_batch=2,
                      max_queue=0)
@@ -329,7 +334,7 @@ def test_full_queue_429_and_disconnects_free_slots(small_url):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/chat/completions", json={**endless, "stream": False}, timeout=0.5)
     wait_idle(url)
-    assert srv.engine.results == {} and srv.worker._owner == {}  # nothing left behind
+    assert srv.engine.results == {} and srv.worker.stats().tracked == 0  # nothing left behind
     assert post(url, {"model": MODEL, "messages": MSG}).status_code == 200
 
 
@@ -384,7 +389,7 @@ def test_concurrent_streams_share_the_batch():
 
     with serve_in_thread(app) as url:
         assert asyncio.run(run(url)) == [24] * 8
-        assert app.state.server.worker.max_running > 1
+        assert app.state.server.worker.stats().max_running > 1
         wait_idle(url)
 
 
@@ -536,3 +541,317 @@ def test_terminal_chat_folds_the_thought_and_switches_thinking():
     session.think = True
     session.ask("Two")
     assert session.last_thought == REASONING and "Two" in session.history[-1]["content"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# function calling in the R1 format, through the official openai client and langchain-deepseek
+
+CALL = ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
+        '<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+WEATHER_Q = "What is the weather in Paris?"
+
+
+def tool_script(user: str):
+    if "sunny, 21 C" in user:  # the tool output is back: answer from it
+        return "The tool says sunny.", "It is sunny in Paris, 21 C."
+    if "weather" in user:
+        return "I should call get_weather.", CALL
+    return script(user)
+
+
+@pytest.fixture(scope="module")
+def tool_client():
+    from r1kit.serve.scripted import tool_tokenizer
+    tok = tool_tokenizer()
+    app = create_app(ScriptedModel(tok, tool_script, max_seq_len=2048), tok, model_name=MODEL, max_batch=4)
+    with serve_in_thread(app) as base:
+        yield openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=30), base
+
+
+def streamed_calls(stream):
+    """(reasoning, content, {index: call dict}, finish_reason) accumulated from a streamed reply."""
+    r, c, calls, finish = "", "", {}, None
+    for chunk in stream:
+        for ch in chunk.choices:
+            r += getattr(ch.delta, "reasoning_content", None) or ""
+            c += ch.delta.content or ""
+            for tc in ch.delta.tool_calls or ():
+                d = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                d["id"] += tc.id or ""
+                d["name"] += tc.function.name or ""
+                d["arguments"] += tc.function.arguments or ""
+            finish = ch.finish_reason or finish
+    return r, c or None, calls, finish
+
+
+def test_openai_client_tool_call_round_trip(tool_client):
+    client, _ = tool_client
+    user = {"role": "user", "content": WEATHER_Q}
+    resp = client.chat.completions.create(model=MODEL, messages=[user], tools=TOOLS)
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.reasoning_content == "I should call get_weather.\n"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    # the tool's result goes back as a role "tool" message; the model answers from it
+    history = [user, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+               {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    resp2 = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS)
+    assert resp2.choices[0].message.content == "It is sunny in Paris, 21 C."
+    assert resp2.choices[0].finish_reason == "stop" and resp2.choices[0].message.tool_calls is None
+    # streaming: the same call arrives as delta.tool_calls, then finish_reason tool_calls
+    r, c, calls, finish = streamed_calls(client.chat.completions.create(
+        model=MODEL, messages=[user], tools=TOOLS, stream=True))
+    assert (r, c, finish) == ("I should call get_weather.\n", None, "tool_calls")
+    assert [(d["name"], json.loads(d["arguments"])) for d in calls.values()] == [("get_weather", {"city": "Paris"})]
+    r, c, calls, finish = streamed_calls(client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, stream=True))
+    assert (c, calls, finish) == ("It is sunny in Paris, 21 C.", {}, "stop")
+
+
+def test_tool_choice_required_and_named_force_a_call(tool_client):
+    client, _ = tool_client
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": WEATHER_Q}],
+                                              tools=TOOLS, tool_choice=choice)
+        m = resp.choices[0].message
+        assert resp.choices[0].finish_reason == "tool_calls" and m.reasoning_content is None  # thought skipped
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in m.tool_calls] == \
+            [("get_weather", {"city": "Paris"})]
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": WEATHER_Q}],
+                                          tools=TOOLS, tool_choice="none")  # tools not shown: plain text
+    assert resp.choices[0].message.tool_calls is None
+
+
+def test_langchain_deepseek_gets_reasoning_and_tool_calls(tool_client):
+    langchain_deepseek = pytest.importorskip("langchain_deepseek")
+    from langchain_core.tools import tool
+
+    _, base = tool_client
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return "sunny, 21 C"
+
+    llm = langchain_deepseek.ChatDeepSeek(model=MODEL, api_key="none", base_url=base + "/v1", max_retries=0)
+    msg = llm.bind_tools([get_weather]).invoke(WEATHER_Q)
+    assert msg.additional_kwargs["reasoning_content"] == "I should call get_weather.\n"
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Paris"})]
+    plain = llm.invoke("Hi")
+    assert plain.content == "The answer is 4. (Hi)" and plain.additional_kwargs["reasoning_content"] == REASONING + "\n"
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": TOOLS}, "tools"),  # the built-in tokenizer has no tool tokens: no tool format
+    ({"tool_choice": "required"}, "tool_choice"),  # no tools to choose from
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"}]}, "tools"),
+    ({"messages": [{"role": "assistant", "content": "A", "prefix": True}, {"role": "user", "content": "Hi"}]},
+     "messages.0.prefix"),
+])
+def test_unsupported_tools_and_json_mode_are_400_never_ignored(url, extra, param):
+    err = error_of(post(url, {"model": MODEL, "messages": MSG, **extra}), 400)
+    assert err["param"] == param and err["message"]
+
+
+def test_tools_named_choice_must_exist(tool_client):
+    _, base = tool_client
+    err = error_of(post(base, {"model": MODEL, "messages": MSG, "tools": TOOLS,
+                               "tool_choice": {"type": "function", "function": {"name": "nope"}}}), 400)
+    assert err["param"] == "tool_choice.function.name"
+
+
+def test_chat_prefix_completion_continues_the_last_assistant_message(client):
+    """DeepSeek's prefix completion: the reply continues the given start of the answer (and returns the rest)."""
+    resp = client.chat.completions.create(model=MODEL, messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer", "prefix": True}])
+    m = resp.choices[0].message
+    assert m.content == " is 4. (Hi)" and m.reasoning_content is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --template model: a model without thinking keeps its answer in content
+
+def test_template_model_puts_the_answer_in_content():
+    tok = Tokenizer.builtin()
+    tok.chat_template = ("{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}")
+
+    def plain(user):  # a model that never thinks; "[think]" makes it open a thought of its own
+        return ("it opened a thought", "Thought-out answer.") if "[think]" in user else (None, "\n\nPlain answer.")
+
+    app = create_app(ScriptedModel(tok, plain, max_seq_len=512), tok, model_name=MODEL, template="model")
+    with serve_in_thread(app) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=30)
+        for extra in ({}, {"thinking": {"type": "disabled"}}):
+            m = chat(client, "Hi", extra_body=extra).choices[0].message
+            assert (m.reasoning_content, m.content) == (None, "Plain answer.")
+            assert stream_chat(client, "Hi", extra_body=extra)[:2] == (None, "Plain answer.")
+        m = chat(client, "Hi", stop=["answer"]).choices[0].message
+        assert m.content == "Plain "
+        m = chat(client, "[think] Hi").choices[0].message  # a reply that opens <think> is split as usual
+        assert (m.reasoning_content, m.content) == ("\nit opened a thought\n", "Thought-out answer.")
+        err = error_of(post(base, {"model": MODEL, "messages": MSG, "tools": TOOLS}), 400)
+        assert err["param"] == "tools" and "--template r1" in err["message"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# security and operations: API key, Host allow-list, slowloris, request log, /metrics
+
+@pytest.fixture(scope="module")
+def locked():
+    tok = Tokenizer.builtin()
+    app = create_app(ScriptedModel(tok, script, max_seq_len=1024), tok, model_name=MODEL, max_batch=2,
+                     api_key="s3cret", allowed_hosts=("chat.example.org",), body_timeout=1.0)
+    with serve_in_thread(app, header_timeout=1.0) as base:
+        yield base, app
+
+
+def test_api_key_401_without_it_200_with_it(locked):
+    base, _ = locked
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        err = error_of(httpx.post(base + "/v1/chat/completions", json={"model": MODEL, "messages": MSG},
+                                  headers=headers), 401)
+        assert err["code"] == "invalid_api_key"
+    error_of(httpx.get(base + "/metrics"), 401)
+    assert httpx.get(base + "/health").status_code == 200 and httpx.get(base + "/").status_code == 200
+    client = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0, timeout=30)
+    assert chat(client, "Hi").choices[0].message.content == expected("Hi")[1]
+    with pytest.raises(openai.AuthenticationError):
+        chat(openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0), "Hi")
+
+
+def test_foreign_host_header_is_refused(locked):
+    base, _ = locked
+    auth = {"Authorization": "Bearer s3cret"}
+    for host in ("evil.example.com", "evil.example.com:8000", "localhost.evil.com"):
+        resp = httpx.get(base + "/v1/models", headers={**auth, "Host": host})
+        assert error_of(resp, 421)["code"] == "invalid_host"
+        assert httpx.get(base + "/", headers={"Host": host}).status_code == 421  # the page too (DNS rebinding)
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:80", "10.1.2.3:8000", "chat.example.org", "CHAT.example.org:1"):
+        assert httpx.get(base + "/v1/models", headers={**auth, "Host": host}).status_code == 200, host
+
+
+def test_slowloris_is_dropped_while_health_answers(locked):
+    """A client trickling its request head (or body) byte by byte is cut off at the deadline (1 s here); the server
+    keeps answering others meanwhile."""
+    import socket
+    from urllib.parse import urlparse
+
+    base, _ = locked
+    u = urlparse(base)
+
+    def trickle(head: bytes, then: bytes):
+        s = socket.create_connection((u.hostname, u.port), timeout=5)
+        s.sendall(head)
+        t0, health, got = time.monotonic(), [], b""
+        try:
+            for b in (then * 20)[:16]:  # 4 s of trickling, past the 1 s deadline
+                time.sleep(0.25)
+                health.append(httpx.get(base + "/health", timeout=2).status_code)
+                s.sendall(bytes([b]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+        return time.monotonic() - t0, health, got
+
+    dt, health, got = trickle(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1\r\n")
+    assert dt < 4 and health and set(health) == {200} and got == b""  # closed without an answer
+    body = json.dumps({"model": MODEL, "messages": MSG}).encode()
+    dt, health, got = trickle(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                              b"s3cret\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body),
+                              body)
+    assert dt < 4 and set(health) == {200} and got.startswith(b"HTTP/1.1 408")
+    assert httpx.get(base + "/health").json()["status"] == "ok"
+
+
+def test_request_log_one_line_per_request_without_prompt_text(locked, caplog):
+    base, _ = locked
+    client = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0, timeout=30)
+    with caplog.at_level("INFO", logger="r1kit.serve.requests"):
+        resp = chat(client, "secret question")
+        stream_chat(client, "another secret")
+        httpx.post(base + "/v1/chat/completions", json={"model": MODEL, "messages": MSG})  # 401
+        deadline = time.monotonic() + 5
+        while len(caplog.records) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name == "r1kit.serve.requests"]
+    assert len(lines) == 3, lines
+    u = resp.usage
+    assert lines[0].startswith(f"request {resp.id} POST /v1/chat/completions 200 prompt={u.prompt_tokens} "
+                               f"cached=0 completion={u.completion_tokens} ttft=")
+    assert " 200 " in lines[1] and "completion=0" not in lines[1] and " 401 " in lines[2]
+    assert all("ttft=" in ln and "total=" in ln and "secret" not in ln for ln in lines)
+
+
+def test_metrics_parse_as_prometheus_text(locked):
+    parser = pytest.importorskip("prometheus_client.parser")
+    base, _ = locked
+    auth = {"Authorization": "Bearer s3cret"}
+    client = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0, timeout=30)
+    before = httpx.get(base + "/metrics", headers=auth).text
+    usage = chat(client, LONG + "One?").usage
+    usage2 = chat(client, LONG + "Two?").usage
+    text = httpx.get(base + "/metrics", headers=auth).text
+    fams = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    old = {f.name: f for f in parser.text_string_to_metric_families(before)}
+
+    def value(fams, name, **labels):
+        return sum(s.value for s in fams[name].samples if s.name == name + ("_total" if fams[name].type == "counter"
+                                                                             else "") and labels.items() <= s.labels.items())
+
+    ok = dict(endpoint="/v1/chat/completions", status="200")
+    assert value(fams, "r1kit_requests", **ok) - (value(old, "r1kit_requests", **ok) if "r1kit_requests" in old
+                                                  else 0) == 2
+    assert value(fams, "r1kit_completion_tokens") - value(old, "r1kit_completion_tokens") == \
+        usage.completion_tokens + usage2.completion_tokens
+    cached = value(fams, "r1kit_prompt_cached_tokens") - value(old, "r1kit_prompt_cached_tokens")
+    assert cached == usage2.prompt_cache_hit_tokens > 0
+    assert 0 < value(fams, "r1kit_prefix_cache_hit_rate") < 1
+    assert fams["r1kit_time_to_first_token_seconds"].type == "histogram"
+    assert fams["r1kit_request_duration_seconds"].type == "histogram"
+    assert {"r1kit_running_requests", "r1kit_waiting_requests"} <= set(fams)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# r1kit serve: bad input is one line and exit 2, before any model is loaded
+
+@pytest.mark.parametrize("args,message", [
+    (["--port", "80000"], "port must be in 0..65535"),
+    (["--port", "-1"], "port must be in 0..65535"),
+    (["--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
+    (["--port", "TAKEN"], "Address already in use"),
+    (["--template", "chatml"], "unknown template"),
+    (["--max-batch", "0"], "max_batch must be >= 1"),
+    (["--header-timeout", "0"], "header_timeout must be > 0"),
+    (["--body-timeout", "-1"], "body_timeout must be > 0"),
+    (["--threads", "0"], "threads must be >= 1"),
+    (["--device", "quantum"], "device"),
+])
+def test_serve_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    import socket
+
+    from r1kit.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        args = [str(taken.getsockname()[1]) if a == "TAKEN" else a for a in args]
+        if "--port" not in args and "--threads" not in args and "--device" not in args:
+            args += ["--port", "0"]
+        if "--threads" in args or "--device" in args:
+            args += ["--port", "0"]
+        assert main(["serve", "tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

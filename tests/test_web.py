@@ -1,5 +1,6 @@
 """The web chat page at / in headless Chromium: send, watch the reasoning then the answer stream, fold the thought,
-switch DeepThink off, stop a reply. Saves a screenshot (tmp dir, and docs/web-chat.png for the README).
+switch DeepThink off, stop a reply; Markdown, KaTeX and highlighted code in the answer and the thought, copy and
+regenerate, conversations kept across a reload. Saves a screenshot (tmp dir, and docs/web-chat.png for the README).
 
 Needs Debian's `chromium` (/usr/bin/chromium) and the `playwright` Python package (no browser download); skipped
 with a reason otherwise. The model is the scripted stand-in (r1kit.serve.scripted), slowed to ~40 tokens/s so the
@@ -13,7 +14,8 @@ import httpx
 import pytest
 import torch
 
-from r1kit.serve.app import create_app, serve_in_thread
+from r1kit.serve.app import create_app
+from r1kit.serve.serve import serve_in_thread
 from r1kit.serve.scripted import ScriptedModel
 from r1kit.tokenizer import Tokenizer
 
@@ -35,9 +37,16 @@ THOUGHT = ("Let me think. The question is short, so the answer is short too. Two
            "checking once more, four it is.")  # ~100 tokens: ~2.5 s of visible thinking
 
 
+MATH_THOUGHT = "Halve it: $\\frac{1}{2}$ of the **whole**."
+MATH_ANSWER = ("The result is $\\frac{1}{2}$, and as a display:\n\n$$\\sum_{k=1}^{n} k = \\frac{n(n+1)}{2}$$\n\n"
+               "In **Python**:\n\n```python\ndef half(x):\n    return x / 2\n```\n")
+
+
 def script(user: str):
     if "[endless]" in user:
         return "thinking forever " * 1000, ""
+    if "[math]" in user:
+        return MATH_THOUGHT, MATH_ANSWER
     return (THOUGHT, f"The answer to \"{user}\" is 4.")
 
 
@@ -83,7 +92,7 @@ def test_web_chat_streams_reasoning_then_answer(url, page, tmp_path):
     assert msg.locator("summary").inner_text().startswith("Thought for")
     assert "reasoning" in msg.locator(".meta").inner_text()
     msg.locator("summary").click()  # unfold: the full thought is there
-    sync_api.expect(msg.locator(".reasoning")).to_have_text(THOUGHT + "\n")
+    sync_api.expect(msg.locator(".reasoning")).to_have_text(THOUGHT)
 
     # DeepThink off: no thought block, the reply is all answer
     page.click("#think")
@@ -94,13 +103,51 @@ def test_web_chat_streams_reasoning_then_answer(url, page, tmp_path):
     sync_api.expect(msg2).to_have_attribute("data-state", "done", timeout=20_000)
     assert msg2.locator(".answer").inner_text() == 'The answer to "And 3+3?" is 4.'
     assert msg2.locator("details.thought").count() == 0
-    page.click("#think")  # back on for the screenshot's state
+    page.click("#think")  # back on
+
+
+def test_web_chat_renders_markdown_latex_and_code_and_keeps_conversations(url, page, tmp_path):
+    page.goto(url + "/")
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    sync_api.expect(page.locator("#empty")).to_be_visible()  # the empty state, before any message
+    assert page.locator("link[rel=icon]").get_attribute("href") == "/static/favicon.svg"
+    assert httpx.get(url + "/static/favicon.svg").headers["content-type"].startswith("image/svg")
+    sync_api.expect(page.locator("#model")).to_have_text("r1kit-scripted")
+    page.fill("#input", "What is half of one? [math]")
+    page.click("#send")
+    msg = page.locator(".msg.assistant").last
+    sync_api.expect(msg).to_have_attribute("data-state", "done", timeout=30_000)
+    answer = msg.locator(".answer")
+    # $\frac{1}{2}$ is KaTeX (inline, with a MathML twin), $$...$$ a display formula, the fence a highlighted block
+    sync_api.expect(answer.locator(".katex").first).to_be_visible()
+    assert answer.locator(".katex .mfrac").count() >= 2 and answer.locator(".katex-display").count() == 1
+    assert answer.locator("annotation").first.text_content() == "\\frac{1}{2}"
+    assert answer.locator("pre code.hljs.language-python").inner_text().startswith("def half(x):")
+    assert answer.locator("pre code .hljs-keyword").first.inner_text() == "def"
+    assert answer.locator("strong").inner_text() == "Python" and "$" not in answer.inner_text()
+    msg.locator("summary").click()  # the folded thought is rendered too
+    thought = msg.locator(".reasoning")
+    assert thought.locator(".katex .mfrac").count() == 1 and thought.locator("strong").inner_text() == "whole"
+    # copy and regenerate buttons; regenerate replaces the reply
+    assert msg.locator("button.copy").is_visible()
+    msg.locator("button.regenerate").click()
+    sync_api.expect(page.locator(".msg.assistant")).to_have_count(1)
+    sync_api.expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done", timeout=30_000)
+    assert page.locator(".msg.user").count() == 1
 
     shot = tmp_path / "web-chat.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     DOCS.mkdir(exist_ok=True)
     shutil.copy(shot, DOCS / "web-chat.png")
+
+    # the conversation survives a reload (localStorage), rendered the same way
+    page.reload()
+    sync_api.expect(page.locator("#convs button")).to_have_count(1)
+    page.locator("#convs button").first.click()
+    sync_api.expect(page.locator(".msg.assistant .answer .katex").first).to_be_visible()
+    assert page.locator(".msg.user").inner_text() == "What is half of one? [math]"
 
 
 def test_web_chat_stop_button_aborts_the_request(url, page):

@@ -85,7 +85,7 @@ def _commands() -> dict:
     from r1kit.eval.cli import eval_cmd
     from r1kit.pipeline.cli import pipeline, sample
     from r1kit.rl.zero import zero
-    from r1kit.serve.app import serve
+    from r1kit.serve.serve import serve
     from r1kit.serve.chat import chat
     from r1kit.train.memory import plan
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 
 from r1kit.errors import R1kitError
 
@@ -30,7 +29,7 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
         compile: compile the decode step (static shapes; CUDA graphs on GPU).
     """
     from r1kit.engine.engine import Engine
-    from r1kit.engine.load import load_for_inference, spec_kind
+    from r1kit.engine.load import load_for_command
     from r1kit.engine.sampling import SamplingParams
 
     if template and template not in TEMPLATES:
@@ -39,12 +38,7 @@ def generate(model: str, prompt: str = "What is the sum of the first 100 positiv
         raise R1kitError("empty prompt")
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                             seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the preset warning, printed below in CLI form
-        net, tok = load_for_inference(model, device=device)
-    if spec_kind(model) == "preset":  # after loading, so a load error is the only line printed
-        print(f"warning: {model} is a preset: RANDOM weights and the built-in character tokenizer, so the text "
-              f"below is noise. Give a checkpoint folder or a .gguf file for a real model.", file=sys.stderr)
+    net, tok = load_for_command(model, device=device, announce=lambda line: print(line, file=sys.stderr))
     template = template or tok.template  # the template the checkpoint was trained for
     if template == "none":
         ids = tok.encode(prompt, add_bos=tok.add_bos)

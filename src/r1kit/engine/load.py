@@ -99,3 +99,31 @@ def load_for_inference(spec: str, dtype: torch.dtype | None = None, device=None)
         torch.manual_seed(0)
         model = Transformer(cfg)
     return model.to(dtype).eval(), tok
+
+
+def load_for_command(spec: str, device: str | None = None, threads: int | None = None,
+                     announce=print) -> tuple[Transformer, Tokenizer]:
+    """What every model-running command (`generate`, `chat`, `serve`) does first: check the device, set torch's
+    CPU threads, say in one line when the model is a preset with random weights, and load it.
+
+    `announce` prints that line (each command picks its stream or console); the library's UserWarning about it is
+    silenced, since the command has just said the same thing in its own words."""
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise R1kitError(f"unknown device {device!r}; expected cpu or cuda") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise R1kitError(f"device {device}: this torch build has no usable CUDA device; use --device cpu")
+        if dev.type not in ("cpu", "cuda"):
+            raise R1kitError(f"unsupported device {device!r}; expected cpu or cuda")
+    if threads is not None:
+        if threads < 1:
+            raise R1kitError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if spec_kind(spec) == "preset":
+        announce(f"warning: {spec} is a preset: RANDOM weights and the built-in character tokenizer, so its text is "
+                 f"noise. Give a checkpoint folder or a .gguf file for a real model.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return load_for_inference(spec, device=device)

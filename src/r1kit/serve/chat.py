@@ -167,18 +167,12 @@ def chat(model: str, temperature: float = 0.6, top_p: float = 0.95, max_new_toke
         seed: makes replies reproducible; unset = random.
         device: cpu or cuda; default cuda when available (bf16), else cpu (fp32).
     """
-    import warnings
-
-    from r1kit.engine.load import load_for_inference, spec_kind
+    from r1kit.engine.load import load_for_command
 
     if template not in ("r1", "model"):
         raise R1kitError(f"unknown template {template!r}; expected r1 or model")
     console = Console(highlight=False)
-    if spec_kind(model) == "preset":
-        console.print(f"[yellow]warning: {model} is a preset: RANDOM weights, so replies are noise[/]")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        net, tok = load_for_inference(model, device=device)
+    net, tok = load_for_command(model, device=device, announce=lambda line: console.print(line, style="yellow", markup=False))
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     session = ChatSession(Engine(net, tok, max_batch=1), tok, console, params, template, think)
     session.run(lambda: console.input("[bold cyan]you ›[/] "))

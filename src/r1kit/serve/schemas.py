@@ -1,8 +1,10 @@
-"""Request and response models of the OpenAI-compatible API, with DeepSeek's additions (architecture.md 8.4).
+"""The protocol: request and response models of the OpenAI-compatible API, with DeepSeek's additions.
 
 Requests are validated strictly (no string-to-number coercion, no NaN/inf) and every limit is a named constant
 below; anything out of range becomes a 400 with an OpenAI-style error body (app.py). Unknown top-level fields are
-ignored, as vLLM does, so clients that send newer OpenAI fields keep working.
+ignored, as vLLM does, so clients that send newer OpenAI fields keep working. Every response body and every SSE
+chunk the server sends is one of the response models below, serialised by pydantic, so what is declared here (and
+published in /openapi.json) is what goes on the wire.
 
 r1kit extensions beside the OpenAI fields: `thinking: {"type": "enabled" | "disabled"}` (DeepSeek's switch) or
 `think: true | false` (Ollama's) turn DeepThink on or off; `top_k`, `min_p` and `ignore_eos` (vLLM's names).
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 # ---- limits (every one is checked before a request reaches the engine) ------------------------------------------
 MAX_TOKENS_LIMIT = 32_768  # the most new tokens one request may ask for (R1's evaluation setting, 7.3)
@@ -22,6 +24,8 @@ MAX_STOP_CHARS = 256  # characters per stop string
 MAX_SEED = 2**62  # seeds in [0, MAX_SEED]; sample j of a request uses seed + j
 MAX_BODY_BYTES = 2 * 1024 * 1024  # request bodies above this get 413 before any parsing
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
+MAX_TOOLS = 128  # tools per request (OpenAI's limit), and tool calls per assistant message
+MAX_TOOL_NAME = 64  # characters of a function name (OpenAI's limit)
 
 DEFAULT_TEMPERATURE = 0.6  # DeepSeek's recommendation for R1 (0.5-0.7)
 DEFAULT_TOP_P = 0.95  # R1's evaluation setting
@@ -36,12 +40,26 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=MAX_TOOL_NAME)
+    arguments: str  # a JSON text, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]  # "developer" is OpenAI's new name for system
+    role: Literal["system", "developer", "user", "assistant", "tool"]  # "developer" is OpenAI's name for system
     content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
     name: str | None = None
-    # DeepSeek answers 400 when a request carries earlier reasoning back (8.4); declared so app.py can refuse it.
+    # DeepSeek answers 400 when a request carries earlier reasoning back; declared so the server can refuse it.
     reasoning_content: Any = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None  # assistant turns
+    tool_call_id: str | None = None  # tool turns
+    prefix: bool = False  # DeepSeek's chat prefix completion: the last assistant message is continued
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -55,6 +73,32 @@ class ThinkingConfig(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=MAX_TOOL_NAME, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema, shown to the model as is
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")  # json_schema carries more fields; any type but "text" is refused
+    type: Literal["text", "json_object", "json_schema"]
 
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
@@ -88,8 +132,12 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's newer name
     thinking: ThinkingConfig | None = None
     think: bool | None = None
-    logprobs: bool | None = None  # only false/absent: DeepSeek's reasoner answers an error for logprobs (9.14)
+    logprobs: bool | None = None  # only false/absent: DeepSeek's reasoner answers an error for logprobs
     top_logprobs: int | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; the R1 format allows several calls in one turn anyway
+    response_format: ResponseFormat | None = None
 
     def thinking_enabled(self) -> bool:
         """DeepThink: on unless `thinking.type == "disabled"` or `think == false`."""
@@ -107,7 +155,7 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None  # not supported: refused unless null
 
 
-# ---- responses (non-streaming; stream chunks are built as plain dicts in app.py for speed) ----------------------
+# ---- responses and stream chunks --------------------------------------------------------------------------------
 
 class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = 0
@@ -127,6 +175,7 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -146,11 +195,57 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    """One whole tool call in a stream chunk (OpenAI's clients also accept it in pieces; r1kit sends it once its
+    `<｜tool▁call▁end｜>` has arrived)."""
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Delta(BaseModel):
+    """A chunk's delta. Only the fields that were given are sent: the first chunk is {"role", "content": ""},
+    reasoning chunks carry "content": null beside reasoning_content (DeepSeek's shape), the finish chunk is {}."""
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_when_given(self, handler):  # OpenAI sends "usage" only in the last chunk (include_usage)
+        out = handler(self)
+        if "usage" not in self.model_fields_set:
+            out.pop("usage", None)
+        return out
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: None = None
-    finish_reason: str
+    finish_reason: str | None
 
 
 class Completion(BaseModel):
@@ -160,7 +255,14 @@ class Completion(BaseModel):
     model: str
     system_fingerprint: str
     choices: list[CompletionChoice]
-    usage: Usage
+    usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_when_given(self, handler):  # a stream chunk has no usage unless it is the include_usage one
+        out = handler(self)
+        if "usage" not in self.model_fields_set:
+            out.pop("usage", None)
+        return out
 
 
 class ModelCard(BaseModel):
@@ -174,6 +276,16 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "engine stopped"]
+    model: str
+    running: int  # samples decoding now
+    waiting: int  # samples queued for a slot
+    in_flight: int  # samples admitted (running + waiting + not yet seen by the engine)
+    capacity: int
+    steps: int
 
 
 class ErrorDetail(BaseModel):

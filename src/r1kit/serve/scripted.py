@@ -10,12 +10,14 @@ and reads the whole row back, so it knows every earlier token of the sequence, p
 G-sample fan-out copy those rows like real K/V, so they are exercised for real too.
 
 What it writes, given the context:
-  - a chat prompt (the context holds `<｜Assistant｜>`): the user text (between the last `<｜User｜>` and the last
-    `<｜Assistant｜>`) goes through `script(user) -> (reasoning, answer)`; the reply continues whichever candidate
-    the text already after `<｜Assistant｜>` (the template's prefill plus what was generated) is a prefix of:
+  - a chat prompt (the context holds `<｜Assistant｜>`): the text since the last `<｜User｜>` up to the reply's
+    anchor (the last `<｜Assistant｜>`, or a later `<｜tool▁outputs▁end｜>`: the reply to tool results) goes through
+    `script(user) -> (reasoning, answer)`; the reply continues whichever candidate the text already after the
+    anchor (the template's prefill plus what was generated) is a prefix of:
         "<think>\\n" + reasoning + "\\n</think>\\n\\n" + answer + eos       (DeepThink: the R1 prefill "<think>\\n")
         "<think>\\n\\n</think>\\n\\n" + answer + eos                       (the thinking-off prefill)
         answer + eos                                                     (no prefill at all)
+    A script that returns reasoning None plays a model that never thinks: answer + eos is its only candidate.
   - anything else (a raw /v1/completions prompt): the next letter of the alphabet after the last token's first
     character ("a" after anything that is not a lowercase letter), until max_tokens.
 Logits are 0 at the chosen token and -1e4 elsewhere, so every temperature samples it.
@@ -29,9 +31,20 @@ import torch
 import torch.nn as nn
 
 from r1kit.model.config import ModelConfig
+from tokenizers import AddedToken
+
+from r1kit.serve.tools import OUTPUTS_END, TOOL_TOKENS
 from r1kit.tokenizer import R1_ASSISTANT, R1_USER, THINK_CLOSE, THINK_OPEN, Tokenizer
 
-Script = Callable[[str], tuple[str, str]]
+Script = Callable[[str], tuple[str | None, str]]
+
+
+def tool_tokenizer() -> Tokenizer:
+    """The built-in character tokenizer plus R1's tool tokens (each one token, not special, as in R1's own
+    tokenizer), so a scripted model can call tools."""
+    tok = Tokenizer.builtin()
+    tok.tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    return tok
 
 
 def default_script(user: str) -> tuple[str, str]:
@@ -59,6 +72,7 @@ class ScriptedModel(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # gives the engine a device and a dtype
         self.assistant_id = tokenizer.token_to_id(R1_ASSISTANT)
         self.user_id = tokenizer.token_to_id(R1_USER)
+        self.outputs_end_id = tokenizer.token_to_id(OUTPUTS_END)  # None for tokenizers without R1's tool tokens
         self.eos_id = tokenizer.eos_id
         self._candidates: OrderedDict[str, list[list[int]]] = OrderedDict()  # user text -> token lists, LRU
         self._letter_ids = {c: tokenizer.token_to_id(c) for c in "abcdefghijklmnopqrstuvwxyz"}
@@ -81,8 +95,9 @@ class ScriptedModel(nn.Module):
         return logits
 
     def next_token(self, ctx: list[int]) -> int:
-        if self.assistant_id is not None and self.assistant_id in ctx:
-            a = len(ctx) - 1 - ctx[::-1].index(self.assistant_id)
+        anchors = [i for i, t in enumerate(ctx) if t in (self.assistant_id, self.outputs_end_id) and t is not None]
+        if anchors:
+            a = anchors[-1]
             before = ctx[:a]
             u = len(before) - 1 - before[::-1].index(self.user_id) if self.user_id in before else -1
             user = self.tok.decode(ctx[u + 1:a], skip_special_tokens=True)
@@ -100,8 +115,8 @@ class ScriptedModel(nn.Module):
             self._candidates.move_to_end(user)
             return self._candidates[user]
         reasoning, answer = self.script(user)
-        texts = [f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{answer}", f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n{answer}",
-                 answer]
+        texts = [answer] if reasoning is None else [
+            f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{answer}", f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n{answer}", answer]
         cands = [self.tok.encode(t) + [self.eos_id] for t in texts]
         self._candidates[user] = cands
         if len(self._candidates) > 256:

@@ -78,8 +78,6 @@ def test_an_undocumented_flag_is_caught():
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv_of("sample --model runs/x/model --out data/sft.jsonl"))
 OUTSIDE = re.compile(r"\.\./shared|shared/(docs|benchmarks)|\b(architecture|style|r1-recipe|evaluation)\.md\b")
-# Files other developers are rewriting now; their pointers are replaced with docs/ sections when they land.
-PENDING = {"src/r1kit/serve/app.py", "src/r1kit/serve/schemas.py", "src/r1kit/serve/reasoning.py"}
 
 
 def outside_pointers() -> dict[str, list[str]]:
@@ -101,10 +99,5 @@ def outside_pointers() -> dict[str, list[str]]:
 def test_nothing_points_outside_the_repository():
     """The facts the code relies on are in docs/ of this repository; no comment or doc names the files they came
     from outside it."""
-    hits = {f: lines for f, lines in outside_pointers().items() if f not in PENDING}
+    hits = outside_pointers()
     assert not hits, "\n".join(f"{f}:{line}" for f, lines in hits.items() for line in lines)
-
-
-@pytest.mark.xfail(strict=True, reason="files being rewritten by other developers still point outside the repo")
-def test_pending_files_point_inside_the_repository():
-    assert not (PENDING & set(outside_pointers()))

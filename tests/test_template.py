@@ -80,3 +80,44 @@ def test_training_and_sampling_read_the_template(zero_ckpt, tmp_path, prompts_se
     assert meta["template"] == "r1-zero"
     evaluate_examples(model, tok2, task, [task[0]], meta["template"], EvalConfig(k=1, max_new_tokens=2))
     assert prompts_seen == [tok.encode(task.prompt(task[0], template="r1-zero"), add_bos=True)]
+
+
+@pytest.fixture
+def requests_seen(monkeypatch):
+    seen = []
+    real_group = Engine.add_group
+
+    def group(self, prompt, *a, **kw):  # every request enters here (add_request is a group of one)
+        seen.append(list(prompt))
+        return real_group(self, prompt, *a, **kw)
+
+    monkeypatch.setattr(Engine, "add_group", group)
+    return seen
+
+
+def test_chat_reads_the_template(zero_ckpt, requests_seen):
+    from rich.console import Console
+
+    from r1kit.engine.load import load_for_command
+    from r1kit.engine.sampling import SamplingParams
+    from r1kit.serve.chat import ChatSession
+
+    net, tok = load_for_command(str(zero_ckpt))
+    session = ChatSession(Engine(net, tok, max_batch=1), tok, Console(file=open("/dev/null", "w")),
+                          SamplingParams(max_new_tokens=2), tok.template, True)
+    session.ask(QUESTION)
+    assert requests_seen == [r1_zero_ids(tok)]
+
+
+def test_serve_reads_the_template(zero_ckpt, requests_seen):
+    import openai
+
+    from r1kit.engine.load import load_for_command
+    from r1kit.serve.app import create_app
+    from r1kit.serve.serve import serve_in_thread
+
+    net, tok = load_for_command(str(zero_ckpt))
+    with serve_in_thread(create_app(net, tok, model_name="z", max_batch=2)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+        client.chat.completions.create(model="z", messages=[{"role": "user", "content": QUESTION}], max_tokens=2)
+    assert requests_seen == [r1_zero_ids(tok)]

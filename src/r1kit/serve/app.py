@@ -77,7 +77,7 @@ _ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"
 
 
 def create_app(model, tokenizer: Tokenizer, *, model_name: str = "r1kit", max_batch: int = 16,
-               max_seq_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE, template: str = "r1",
+               max_seq_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE, template: str | None = None,
                reasoning: bool = True, prefix_cache_bytes: int = 1 << 30, compile: bool = False,
                api_key: str | None = None, allowed_hosts: tuple[str, ...] = (), log_prompts: bool = False,
                body_timeout: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
@@ -89,7 +89,7 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "r1kit", max_ba
     """
     engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len,
                     prefix_cache_bytes=prefix_cache_bytes, compile=compile)
-    srv = Server(engine, tokenizer, model_name, max_queue, template, reasoning)
+    srv = Server(engine, tokenizer, model_name, max_queue, template or tokenizer.template, reasoning)
     metrics = Metrics()
 
     @asynccontextmanager

@@ -36,7 +36,7 @@ class ChatSession:
         tokenizer: its tokenizer.
         console: where to draw (a rich Console).
         params: sampling parameters of every reply.
-        template: "r1" (with the DeepThink switch) or "model".
+        template: "r1" (with the DeepThink switch), "r1-zero" or "model".
         think: DeepThink at the start.
     """
 
@@ -104,7 +104,8 @@ class ChatSession:
         except R1kitError as e:
             self.console.print(f"[red]{e}[/]")
             return ""
-        stream = ChoiceStream(self.tok, list(params.stop), ReasoningParser(initial_reasoning_state(prompt)))
+        stream = ChoiceStream(self.tok, list(params.stop),
+                              ReasoningParser(initial_reasoning_state(prompt, forced=self.template == "r1")))
         thought, answer = [], []
         t0, t_end, last_draw = time.perf_counter(), None, 0.0
 
@@ -154,7 +155,7 @@ class ChatSession:
 
 
 def chat(model: str, temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 4096, think: bool = True,
-         template: str = "r1", seed: int | None = None, device: str | None = None) -> None:
+         template: str = "", seed: int | None = None, device: str | None = None) -> None:
     """Chat with a model in the terminal: streaming, the thought dimmed and folded, /think on|off, /show, /clear.
 
     Args:
@@ -163,16 +164,18 @@ def chat(model: str, temperature: float = 0.6, top_p: float = 0.95, max_new_toke
         top_p: nucleus sampling threshold in (0, 1]; 1 = off.
         max_new_tokens: the most tokens per reply (thought included).
         think: DeepThink at the start (the R1 <think> prefill); /think on|off switches it.
-        template: r1 (DeepSeek-R1 chat template) or model (the tokenizer's own chat template).
+        template: empty = the checkpoint's own (saved with it); r1 (DeepSeek-R1 chat template), r1-zero (the
+            R1-Zero prompt) or model (the tokenizer's own chat template).
         seed: makes replies reproducible; unset = random.
         device: cpu or cuda; default cuda when available (bf16), else cpu (fp32).
     """
     from r1kit.engine.load import load_for_command
 
-    if template not in ("r1", "model"):
-        raise R1kitError(f"unknown template {template!r}; expected r1 or model")
+    if template and template not in ("r1", "r1-zero", "model"):
+        raise R1kitError(f"unknown template {template!r}; expected r1, r1-zero or model")
     console = Console(highlight=False)
     net, tok = load_for_command(model, device=device, announce=lambda line: console.print(line, style="yellow", markup=False))
+    template = template or tok.template  # the template the checkpoint was trained for
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     session = ChatSession(Engine(net, tok, max_batch=1), tok, console, params, template, think)
     session.run(lambda: console.input("[bold cyan]you ›[/] "))

@@ -236,11 +236,11 @@ def render_prompt(tokenizer: Tokenizer, messages: list[dict], template: str = "r
     """A chat prompt's (ids, text). template "r1" (tools.render_r1_chat): DeepThink on = the R1 `<think>\\n`
     prefill, off = an empty closed thought, plus tools, a forced call opening or a reply prefix to continue;
     "model": the tokenizer's own chat template (thinking is then up to the template; `prefix` is appended after its
-    generation prompt)."""
+    generation prompt); "r1-zero": the R1-Zero prompt, for checkpoints trained with it."""
     if template == "r1":
         text = render_r1_chat(messages, tools, thinking, forced, prefix)
-    else:
-        text = tokenizer.render(messages, template="model") + (prefix or "")
+    else:  # "model" or "r1-zero" (the R1-Zero text prompt around the last user message; the model opens <think>)
+        text = tokenizer.render(messages, template=template) + (prefix or "")
     ids = (encode or tokenizer.encode)(text)
     if tokenizer.add_bos and tokenizer.bos_id is not None and ids[:1] != [tokenizer.bos_id]:
         ids.insert(0, tokenizer.bos_id)  # as Tokenizer.encode_chat: exactly one bos

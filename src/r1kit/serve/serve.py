@@ -103,7 +103,7 @@ def _url(host: str, port: int) -> str:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16,
-          max_seq_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE, template: str = "r1",
+          max_seq_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE, template: str = "",
           reasoning: bool = True, served_model_name: str | None = None, prefix_cache_mb: int = 1024,
           device: str | None = None, threads: int | None = None, compile: bool = False, api_key: str | None = None,
           allowed_hosts: str = "", log_prompts: bool = False, header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
@@ -117,8 +117,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
         max_batch: requests decoded together (engine slots); more wait in the queue.
         max_seq_len: positions per request, prompt + completion; default min(model context, 4096).
         max_queue: requests waiting for a slot beyond max_batch; one more is answered 429.
-        template: r1 (DeepSeek-R1 chat template, with the <think> prefill, the DeepThink switch and tool calls) or
-            model (the tokenizer's own chat template; the reply is answer unless it opens with <think>).
+        template: empty = the checkpoint's own (saved with it); r1 (DeepSeek-R1 chat template, with the <think>
+            prefill, the DeepThink switch and tool calls), r1-zero (the R1-Zero prompt) or model (the tokenizer's
+            own chat template; the reply is answer unless it opens with <think>).
         reasoning: split the reply into reasoning_content and content at </think>; --no-reasoning puts
             everything in content.
         served_model_name: the model id clients send; default the model argument's last path component.
@@ -137,7 +138,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
 
     from r1kit.engine.load import load_for_command
 
-    if template not in SERVE_TEMPLATES:
+    if template and template not in SERVE_TEMPLATES:
         raise R1kitError(f"unknown template {template!r}; expected one of {', '.join(SERVE_TEMPLATES)}")
     if max_batch < 1:
         raise R1kitError(f"max_batch must be >= 1, got {max_batch}")
@@ -153,6 +154,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
     sock = bind(host, port)  # before loading the model: a taken port fails in a second, not after minutes
     _setup_request_log()
     net, tok = load_for_command(model, device=device, threads=threads)
+    template = template or tok.template  # the template the checkpoint was trained for
     name = served_model_name or Path(model.rstrip("/")).name
     app = create_app(net, tok, model_name=name, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue,
                      template=template, reasoning=reasoning, prefix_cache_bytes=prefix_cache_mb << 20,

@@ -39,7 +39,7 @@ from r1kit.tokenizer import Tokenizer
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting beyond the max_batch running ones; one more gets 429
 KEEPALIVE_S = 15.0  # SSE comment after this long without a token (DeepSeek sends ": keep-alive" under load)
-SERVE_TEMPLATES = ("r1", "model")
+SERVE_TEMPLATES = ("r1", "r1-zero", "model")
 
 
 @dataclass

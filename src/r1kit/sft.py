@@ -86,6 +86,7 @@ def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int) 
 def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, dict], None] | None = None,
           eval_examples: list[Example] | None = None) -> list[float]:
     """Train `model` in place for cfg.steps steps of batches drawn (seeded) from `examples`; returns the losses."""
+    from r1kit.engine.cpu import large_blocks_to_the_kernel
     from r1kit.model.deepseek import update_moe_bias
     from r1kit.train.memory import check, configure_checkpointing
 
@@ -101,7 +102,8 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
             g["lr"] = cosine_lr(step, cfg)
         ids, mask = batch_tensors(rng.sample(examples, min(cfg.batch_size, len(examples))))
         opt.zero_grad(set_to_none=True)
-        loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens)
+        with large_blocks_to_the_kernel():
+            loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

@@ -117,6 +117,15 @@ def reference_logprobs(ref_model, cfg: GRPOConfig):
 
 def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,
                 ref_logprobs=None) -> dict:
+    """See _update; large freed blocks go straight back to the kernel meanwhile (engine.cpu)."""
+    from r1kit.engine.cpu import large_blocks_to_the_kernel
+
+    with large_blocks_to_the_kernel():
+        return _update(policy, opt, ids, mask, adv, cfg, ref_logprobs)
+
+
+def _update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,
+            ref_logprobs=None) -> dict:
     """The optimisation half of a GRPO step on one rollout batch: mu epochs x mini_batches optimiser steps, each
     accumulated over token-budget micro-batches. ids [N, T], mask [N, T-1], adv [N]. `ref_logprobs(ids, mask)`
     gives the reference's log-probs (None when beta = 0).

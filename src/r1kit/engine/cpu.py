@@ -17,7 +17,6 @@ of the Linear weights.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -39,7 +38,6 @@ _SRC = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-fPIC"]  # compile flags
 
 
-@functools.cache  # once per process
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
 _mmap_threshold: int | None = None  # what r1kit last set (None: glibc's own dynamic threshold)
 
@@ -51,6 +49,7 @@ def _mallopt(param: int, value: int) -> bool:
         return False
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks of up to 32 MB in the process instead of unmapping them.
 
@@ -66,7 +65,7 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-@contextlib.contextmanager
+@contextmanager
 def large_blocks_to_the_kernel(threshold: int = 1 << 20):
     """For a training pass: every block of `threshold` bytes or more is mmapped and goes back to the kernel when
     freed. Activations come and go in sizes that change with every micro-batch and layer; kept on malloc's heap

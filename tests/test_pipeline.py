@@ -313,13 +313,13 @@ def test_sample_rerun_with_other_settings_never_reuses_shards(tmp_path, tiny_mod
     """Shards are keyed by everything that makes their rows: a rerun into the same folder with another task (or
     temperature) samples that task afresh, and its stats name the real source."""
     from r1kit.pipeline.sample import SampleConfig, build, model_sha256
-    from r1kit.pipeline.tasks import make_task
+    from r1kit.tasks import get_task
 
     out = tmp_path / "out"
     base = dict(prompts=4, k=2, max_new_tokens=8, general_frac=0.0, shard_prompts=4, benchmarks=False, decontam_n=0)
     _, first = build(tiny_model_dir, SampleConfig(task="arith", task_kw={"n_terms": 2}, **base), out)
     _, second = build(tiny_model_dir, SampleConfig(task="countdown", **base), out)
-    countdown = {ex.question for ex in make_task("countdown", "train")}
+    countdown = {ex.question for ex in get_task("countdown", "train")}
     arith_q, countdown_q = _shard_questions(out, first), _shard_questions(out, second)
     assert set(first["shards"]).isdisjoint(second["shards"])
     assert countdown_q and set(countdown_q) <= countdown and not set(arith_q) & countdown

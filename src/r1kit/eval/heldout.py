@@ -38,8 +38,9 @@ class Sample:
 
 @torch.no_grad()
 def sample(model, tok, task, examples, k: int, template: str, temperature: float, top_p: float,
-           max_new_tokens: int, seed: int = 0, engine=None, chunk: int = 32) -> list[Sample]:
-    """k samples per example (prompt-major), `chunk` prompts per engine call."""
+           max_new_tokens: int, seed: int = 0, engine=None, chunk: int = 32, first: int = 0) -> list[Sample]:
+    """k samples per example (prompt-major), `chunk` prompts per engine call. `first`: the global index of
+    examples[0] when several ranks share a list, so each sample's seed does not depend on the split."""
     from r1kit.engine.engine import Engine
     from r1kit.engine.sampling import SamplingParams
 
@@ -52,7 +53,8 @@ def sample(model, tok, task, examples, k: int, template: str, temperature: float
         part = examples[c:c + chunk]
         prompts = [prompt_ids(tok, task, ex, template) for ex in part]
         params = [SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                 stop_token_ids=[tok.eos_id], seed=seed + (c + i) * k) for i in range(len(part))]
+                                 stop_token_ids=[tok.eos_id], seed=seed + (first + c + i) * k)
+                  for i in range(len(part))]
         for i, r in enumerate(engine.generate(prompts, params, n=k)):
             out.append(Sample(part[i // k], tok.decode(r.token_ids, skip_special_tokens=True), len(r.token_ids),
                               r.finish_reason == "length"))
@@ -66,23 +68,33 @@ def held_out(task, problems: int, seed: int) -> list:
 
 
 def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig, engine=None) -> dict:
-    """The metrics of the module docstring for k samples of each example, with cfg's sampling settings."""
+    """The metrics of the module docstring for k samples of each example, with cfg's sampling settings. Under
+    torchrun each rank samples a contiguous share of the examples and the per-sample figures are gathered, so the
+    numbers equal one process's."""
     from r1kit.rewards import chain_of_thought, format_ok, format_r1_ok, language_consistency, reflection_rate
+    from r1kit.train import dist
 
+    d = dist.current()
+    bounds = [len(examples) * r // d.world for r in range(d.world + 1)]
+    mine = examples[bounds[d.rank]:bounds[d.rank + 1]]
     scorer = ChatTask(task) if template == "r1" else task
-    samples = sample(model, tok, task, examples, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                     cfg.seed, engine=engine)
+    samples = sample(model, tok, task, mine, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                     cfg.seed, engine=engine, first=bounds[d.rank]) if mine else []
     fmt = format_r1_ok if template == "r1" else format_ok
-    langs = [language_consistency(chain_of_thought(s.text), s.example.meta.get("lang") or "en") for s in samples]
-    scored = [x for x in langs if x is not None]
-    n = len(samples)
-    return {"pass@1": sum(scorer.evaluate(s.example, s.text) for s in samples) / n,
-            "length": sum(s.tokens for s in samples) / n,
-            "format": sum(fmt(s.text) for s in samples) / n,
-            "reflection_rate": sum(reflection_rate(s.text) for s in samples) / n,
-            "lang_consistency": sum(scored) / len(scored) if scored else float("nan"),
-            "truncated": sum(s.truncated for s in samples) / n,
-            "template": template, "sample": samples[0].text}
+    rows = [(float(scorer.evaluate(s.example, s.text)), s.tokens, float(fmt(s.text)), reflection_rate(s.text),
+             language_consistency(chain_of_thought(s.text), s.example.meta.get("lang") or "en"), s.truncated,
+             s.text) for s in samples]
+    if d.on:
+        import torch.distributed as td
+        parts = [None] * d.world
+        td.all_gather_object(parts, rows)
+        rows = [r for p in parts for r in p]
+    n = len(rows)
+    mean = lambda i: sum(r[i] for r in rows) / n  # noqa: E731
+    scored = [r[4] for r in rows if r[4] is not None]
+    return {"pass@1": mean(0), "length": mean(1), "format": mean(2), "reflection_rate": mean(3),
+            "lang_consistency": sum(scored) / len(scored) if scored else float("nan"), "truncated": mean(5),
+            "template": template, "sample": rows[0][6]}
 
 
 def evaluate_model(model, tok, template: str, cfg: EvalConfig) -> dict:

@@ -8,7 +8,8 @@ Files, one per concern:
     config.py        typed configs from recipe dicts; the stage key
     stages.py        the registry of stage kinds
     base.py          stage `base`: the tiny base (zero.build_base), teacher or dense student
-    rl.py            stage `rl`: GRPO (rl.grpo.grpo_step) with rule, language and reward-model rewards
+    rl.py            stage `rl`: GRPO on rl.trainer (the loop `r1kit zero` runs) with rule, language and
+                     reward-model rewards
     sample.py        stages `coldstart` and `sample`: sample, verify, filter, reformat, dedupe, decontaminate, mix
     sft.py           stage `sft`: chat SFT with assistant-only loss and packing, on r1kit.sft.train
     reward_model.py  stage `reward_model`: Bradley-Terry RM with a scalar head; the RM reward for RL
@@ -16,9 +17,8 @@ Files, one per concern:
     filters.py       readability filters and the reformat into R1's output pattern
     decontam.py      n-gram decontamination against the eval sets
     data.py          chat jsonl IO (versioned), assistant-only masks, packing
-    tasks.py         arith-mix (bilingual), built-in non-reasoning chats, the R1 chat-template task adapter
-    evaluate.py      k-sample generation and the per-stage metrics
-    modelio.py       model folders that record their prompt template
+    modelio.py       model folders: merged weights, tokenizer with its template, provenance
+Tasks (arith-mix, chats, the R1 chat adapter) are r1kit.tasks'; the held-out evaluator is r1kit.eval.heldout.
     report.py        summary table and report.md
     cli.py           `pipeline` and `sample` CLI functions
 """

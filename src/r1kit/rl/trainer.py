@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -67,15 +68,24 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
     figures merged into that step's row every `eval_every` steps and at the last step. setup(engine, resumed)
     -> dict runs once before the first step of a fresh run (a before-training evaluation) and is stored as `extra`.
     """
+    from r1kit.errors import R1kitError
     from r1kit.rl.state import checkpoints, load_state, save_state
-    from r1kit.train import lora
+    from r1kit.train import dist, lora
     from r1kit.train.memory import check, configure_checkpointing
 
+    d = dist.setup()  # torchrun's processes join here; one process: nothing changes
+    if cfg.prompts_per_step % d.world:
+        raise R1kitError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the {d.world} processes "
+                         f"(each rank rolls out whole groups)")
+    local_n = cfg.prompts_per_step // d.world
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     policy.float()  # fp32 master weights everywhere; on CUDA the forward runs under bf16 autocast
     plan = configure_checkpointing(policy, cfg)
     check(plan, next(policy.parameters()).device.type)  # say what to change instead of being killed mid-step
+    # what the engine samples from: the policy itself, or an unsharded copy (FSDP2 keeps only shards) whose LoRA,
+    # if any, is merged (the engine's CPU kernels read plain weights)
+    gathered = copy.deepcopy(policy).eval().requires_grad_(False) if d.on else None
     if lora.is_lora(policy):  # the reference is the base: the same weights with the adapters off, no copy
         ref_model = None
         base_ref = reference_logprobs(policy, cfg)
@@ -83,11 +93,22 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
         def ref_fn(ids, mask):
             with lora.adapters_off(policy):
                 return base_ref(ids, mask)
-        rollout_model = lora.merged(policy)  # the engine samples from W + BA (its CPU kernels read plain weights)
+        rollout_model = lora.merged(gathered or policy)
     else:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta else None
         ref_fn = reference_logprobs(ref_model, cfg) if ref_model is not None else None
-        rollout_model = policy
+        rollout_model = gathered or policy
+    if d.on:
+        dist.shard(policy)
+        if ref_model is not None:
+            dist.shard(ref_model, trainable=False)
+
+    def refresh_rollout_model():
+        if gathered is not None:
+            dist.gather_weights(policy, gathered)
+        if lora.is_lora(policy):
+            lora.merged(gathered or policy, into=rollout_model)
+
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     engine = engine_for(rollout_model, tok, task, cfg, template, eval_rows)
@@ -96,25 +117,28 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
         state = load_state(checkpoints(out)[-1], policy, ref_model, opt)
         start, extra = state["step"], state["extra"] or extra
         log(f"resumed from {checkpoints(out)[-1].name} at step {start}")
+        refresh_rollout_model()
     elif setup is not None:
         extra |= setup(engine)
     metrics_path = out / "metrics.jsonl"
     rows = read_metrics(metrics_path, start)
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    writer = _tensorboard(out, start)
-    bar = _progress(cfg.steps, start) if progress else None
-    with metrics_path.open("a") as mf:
+    main = d.main  # rank 0 alone writes metrics, TensorBoard and progress
+    if main:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    writer = _tensorboard(out, start) if main else None
+    bar = _progress(cfg.steps, start) if progress and main else None
+    with (metrics_path.open("a") if main else open(os.devnull, "w")) as mf:
         for step in range(start + 1, cfg.steps + 1):
             if cfg.ref_refresh and step > 1 and (step - 1) % cfg.ref_refresh == 0 and ref_model is not None:
                 ref_model.load_state_dict(policy.state_dict())
-            if rollout_model is not policy:
-                lora.merged(policy, into=rollout_model)
+            if step > start + 1:  # the last step's update (resume and the first step start from fresh weights)
+                refresh_rollout_model()
             examples = pick(random.Random(cfg.seed * 1_000_003 + step), cfg.prompts_per_step)
-            stats = grpo_step(policy, ref_fn, engine, opt, tok, examples, task, reward_for_step(step), cfg, step,
-                              template=template)
+            mine = examples[d.rank * local_n:(d.rank + 1) * local_n]  # whole groups; seeds by global index
+            stats = grpo_step(policy, ref_fn, engine, opt, tok, mine, task, reward_for_step(step), cfg, step,
+                              template=template, first=d.rank * local_n)
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
-                if rollout_model is not policy:
-                    lora.merged(policy, into=rollout_model)
+                refresh_rollout_model()
                 stats |= evaluate(step, engine)
             stats["step"] = step
             rows.append(stats)
@@ -127,7 +151,7 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
             line = f"reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} len {stats['length_mean']:.0f}"
             if bar is not None:
                 bar[0].update(bar[1], completed=step, info=line)
-            elif step % 5 == 0 or step == cfg.steps:
+            elif main and (step % 5 == 0 or step == cfg.steps):
                 log(f"  rl step {step}/{cfg.steps} {line}")
             if ckpt_every and (step % ckpt_every == 0 or step == cfg.steps):
                 save_state(out, step, policy, ref_model, opt, keep_last, extra=extra, tokenizer=tok)
@@ -135,8 +159,7 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
         bar[0].stop()
     if writer is not None:
         writer.close()
-    if rollout_model is not policy:
-        lora.merged(policy, into=rollout_model)
+    refresh_rollout_model()
     return RLRun(rows, extra, engine, rollout_model)
 
 

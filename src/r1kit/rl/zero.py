@@ -123,13 +123,31 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     from r1kit.tasks import get_task
     from r1kit.train import lora
 
+    from r1kit.train import dist
+
     t_start = time.time()
-    run = prepare_run_dir(run_dir, resume)
+    d = dist.setup()  # under torchrun: rank 0 prepares, talks and writes; every rank trains its share
+    if not d.main:
+        log = lambda *a, **k: None  # noqa: E731
+    problem = None
+    if d.main:
+        try:
+            prepare_run_dir(run_dir, resume)
+        except R1kitError as e:
+            problem = str(e)
+    problem = dist.broadcast_object(problem)  # every rank stops on rank 0's one line, none waits forever
+    if problem:
+        raise R1kitError(problem)
+    run = Path(run_dir)
     if model_path:
         from r1kit.engine.load import load_for_inference
         policy, tok = load_for_inference(model_path, dtype=torch.float32)
     else:
+        if not d.main:
+            dist.barrier()  # rank 0 pretrains (or finds) the cached base first
         policy, tok = build_base(task_name, task_kw, bc, log)
+        if d.main:
+            dist.barrier()
     template = tok.template
     if lora_cfg is not None and lora_cfg.rank:
         lora.apply(policy, lora_cfg)
@@ -143,11 +161,12 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
         return evaluate_examples(model, tok, test_task, examples, template, cfg, engine=engine)
 
     def setup(engine):
-        before = evaluate(held, ec, engine, policy if not lora.is_lora(policy) else lora.merged(policy))
-        (run / "run.json").write_text(json.dumps({"task": task_name, "task_kw": task_kw, "grpo": dataclasses.asdict(gc),
-                                                 "base": dataclasses.asdict(bc), "eval": dataclasses.asdict(ec),
-                                                 "lora": lora.config_dict(policy), "template": template,
-                                                 "model": model_path or "tiny demo base"}, indent=2))
+        before = evaluate(held, ec, engine, engine.model)
+        if d.main:
+            meta = {"task": task_name, "task_kw": task_kw, "grpo": dataclasses.asdict(gc),
+                    "base": dataclasses.asdict(bc), "eval": dataclasses.asdict(ec), "lora": lora.config_dict(policy),
+                    "template": template, "world_size": d.world, "model": model_path or "tiny demo base"}
+            (run / "run.json").write_text(json.dumps(meta, indent=2))
         log(f"held-out before GRPO: pass@1 {before['pass@1']:.1%}, mean length {before['length']:.1f} tokens")
         return {"before": before}
 
@@ -165,11 +184,12 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     after = evaluate(held, ec, result.engine, result.rollout_model)
     log(f"held-out after GRPO: pass@1 {after['pass@1']:.1%}, mean length {after['length']:.1f} tokens")
     summary = {"before": before, "after": after, "steps": gc.steps, "seconds": time.time() - t_start}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if lora.is_lora(policy):
-        lora.save_adapter(policy, run / "adapter", base=model_path or "")
-    report.write(run, summary, result.rows)
-    log(f"report: {run / 'report.md'}")
+    if d.main:
+        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if lora.is_lora(policy) and not d.on:
+            lora.save_adapter(policy, run / "adapter", base=model_path or "")
+        report.write(run, summary, result.rows)
+        log(f"report: {run / 'report.md'}")
     return summary
 
 

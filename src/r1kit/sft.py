@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,24 +63,31 @@ def batch_tensors(batch: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, 
     return ids, mask[:, 1:]
 
 
-def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int) -> float:
-    """Backward of the mean -log p over the batch's masked targets, micro-batch by micro-batch; returns the loss."""
+def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
+                     n_tokens: torch.Tensor | None = None) -> float:
+    """Backward of the mean -log p over the batch's masked targets, micro-batch by micro-batch; returns the loss.
+    n_tokens: the whole batch's target count when these rows are one rank's share of it."""
+    from r1kit.model.model import uncounted
+    from r1kit.train import dist
     from r1kit.train.batching import micro_batches, row_lengths
     from r1kit.train.logprobs import sequence_logprobs
     from r1kit.train.precision import autocast
 
-    n_tok = mask.sum().clamp(min=1)  # the whole batch's normaliser, fixed before the loop
+    n_tok = (mask.sum() if n_tokens is None else n_tokens).clamp(min=1)  # the whole batch's, fixed before the loop
     dev = model.lm_head.weight.device
     lengths = row_lengths(mask)
     total = 0.0
-    for rows in micro_batches(lengths.tolist(), budget):
-        r = torch.tensor(rows)
-        T = int(lengths[r].max())
-        with autocast(model):
-            logp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev))
-        loss = -logp.sum() / n_tok.to(dev)
-        loss.backward()
-        total += loss.item()
+    parts = micro_batches(lengths.tolist(), budget)
+    with dist.gathered(model):
+        for i in range(dist.micro_batch_count(len(parts))):
+            pad = i >= len(parts)  # this rank is out of rows: a pass that adds zero, for the collectives
+            r = torch.tensor(parts[0] if pad else parts[i])
+            T = int(lengths[r].max())
+            with autocast(model), (uncounted() if pad else nullcontext()):
+                logp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev))
+            loss = -logp.sum() / n_tok.to(dev) * (0.0 if pad else 1.0)
+            loss.backward()
+            total += loss.item()
     return total
 
 
@@ -90,9 +98,13 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
     from r1kit.model.deepseek import update_moe_bias
     from r1kit.train.memory import check, configure_checkpointing
 
+    from r1kit.train import dist
+
     rng = random.Random(cfg.seed)
     core = getattr(model, "model", model)  # a wrapper (packing's DocumentMasked) holds the Transformer
     check(configure_checkpointing(core, cfg), next(model.parameters()).device.type)
+    d = dist.setup()  # under torchrun: FSDP2 shards, each rank trains its share of every batch
+    dist.shard(core)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model.train()
@@ -100,10 +112,17 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg)
-        ids, mask = batch_tensors(rng.sample(examples, min(cfg.batch_size, len(examples))))
+        batch = rng.sample(examples, min(cfg.batch_size, len(examples)))  # the same on every rank
+        ids, mask = batch_tensors(batch)
+        n_tok = mask.sum()
+        if d.on:
+            bounds = [len(batch) * r // d.world for r in range(d.world + 1)]
+            ids, mask = batch_tensors(batch[bounds[d.rank]:bounds[d.rank + 1]])
         opt.zero_grad(set_to_none=True)
         with large_blocks_to_the_kernel():
-            loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens)
+            loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens, n_tok)
+        loss = float(dist.all_sum(torch.tensor(loss, dtype=torch.float64)))
+        dist.drop_unused_grads(model)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

@@ -201,8 +201,8 @@ _RECOMPUTING = False
 
 
 def recomputing() -> bool:
-    """True while activation checkpointing re-runs a block in the backward pass: bookkeeping that must count each
-    token once (the MoE load) skips that second forward."""
+    """True while activation checkpointing re-runs a block in the backward pass, or inside `uncounted()`:
+    bookkeeping that must count each token once (the MoE load) skips that forward."""
     return _RECOMPUTING
 
 
@@ -214,6 +214,11 @@ def _recompute_flag():
         yield
     finally:
         _RECOMPUTING = prev
+
+
+def uncounted():
+    """Forwards whose tokens are not data (a rank's zero-weight padding pass): the MoE load does not count them."""
+    return _recompute_flag()
 
 
 def _checkpoint_contexts():

@@ -8,6 +8,7 @@ backward (model.grad_checkpointing), and the old-policy and reference passes kee
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -61,10 +62,23 @@ def batch_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: fl
     from r1kit.train.logprobs import sequence_logprobs
     from r1kit.train.precision import autocast
 
+    from r1kit.train import dist
+
     out = torch.zeros(mask.shape, dtype=torch.float32)
     lengths = row_lengths(mask)
     was = model.training
     model.eval()
+    with dist.gathered(model):
+        _no_grad_passes(model, ids, mask, temperature, budget, lengths, out)
+    model.train(was)
+    return out
+
+
+def _no_grad_passes(model, ids, mask, temperature, budget, lengths, out):
+    from r1kit.train.batching import micro_batches
+    from r1kit.train.logprobs import sequence_logprobs
+    from r1kit.train.precision import autocast
+
     for rows in micro_batches(lengths.tolist(), budget):
         r = torch.tensor(rows)
         T = int(lengths[r].max())
@@ -72,8 +86,6 @@ def batch_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: fl
         with autocast(model):
             lp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev), temperature)
         out[r, :T - 1] = lp.float().cpu()
-    model.train(was)
-    return out
 
 
 def rollout(engine, tok, examples, task, reward_fn, cfg: GRPOConfig, seed: int, template: str = "r1-zero",
@@ -135,6 +147,7 @@ def _update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tenso
     old-policy pass runs; otherwise old log-probs come from the rollout policy, so the clip acts.
     """
     from r1kit.model.deepseek import update_moe_bias
+    from r1kit.model.model import uncounted
     from r1kit.rl.loss import token_weights
     from r1kit.train import dist
     from r1kit.train.batching import micro_batches, row_lengths
@@ -159,23 +172,32 @@ def _update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tenso
             weights = token_weights(m_mask, cfg.agg, cfg.max_new_tokens, n_rows=n_rows, n_tokens=n_tok)
             st_sum = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0}
             opt.zero_grad(set_to_none=True)
-            for local in micro_batches(lengths[mini].tolist(), cfg.micro_batch_tokens):
-                r = torch.tensor([mini[j] for j in local])
-                lr_ = torch.tensor(local)
-                T = int(lengths[r].max())
-                mk = mask[r, :T - 1]
-                with autocast(policy):
-                    logp, ent = sequence_logprobs(policy, ids[r, :T].to(dev), mk.to(dev), T_s)
-                old = old_lp[r, :T - 1].to(dev) if old_lp is not None else logp.detach()
-                ref = ref_lp[r, :T - 1].to(dev) if ref_lp is not None else None
-                loss, st = grpo_loss(logp, old, ref, adv[r].to(dev), mk.to(dev), eps_low=cfg.eps_low,
-                                     eps_high=cfg.eps_high, beta=cfg.beta, agg=cfg.agg, max_len=cfg.max_new_tokens,
-                                     weights=weights[lr_, :T - 1].to(dev), n_tokens=n_tok.to(dev))
-                loss.backward()
-                st_sum["loss"] += loss.item()
-                for k in ("policy_loss", "kl", "clip_low", "clip_high"):
-                    st_sum[k] += getattr(st, k).item()
-                st_sum["entropy"] += ((ent * mk.to(dev)).sum() / n_tok.to(dev)).item()
+            parts = micro_batches(lengths[mini].tolist(), cfg.micro_batch_tokens)
+            with dist.gathered(policy):
+                for i in range(dist.micro_batch_count(len(parts))):
+                    pad = i >= len(parts)  # this rank is out of rows: a pass that adds zero, for the collectives
+                    local = parts[0] if pad else parts[i]
+                    r = torch.tensor([mini[j] for j in local])
+                    lr_ = torch.tensor(local)
+                    T = int(lengths[r].max())
+                    mk = mask[r, :T - 1]
+                    with autocast(policy), (uncounted() if pad else nullcontext()):
+                        logp, ent = sequence_logprobs(policy, ids[r, :T].to(dev), mk.to(dev), T_s)
+                    old = old_lp[r, :T - 1].to(dev) if old_lp is not None else logp.detach()
+                    ref = ref_lp[r, :T - 1].to(dev) if ref_lp is not None else None
+                    loss, st = grpo_loss(logp, old, ref, adv[r].to(dev), mk.to(dev), eps_low=cfg.eps_low,
+                                         eps_high=cfg.eps_high, beta=cfg.beta, agg=cfg.agg,
+                                         max_len=cfg.max_new_tokens, weights=weights[lr_, :T - 1].to(dev),
+                                         n_tokens=n_tok.to(dev))
+                    if pad:
+                        (loss * 0).backward()
+                        continue
+                    loss.backward()
+                    st_sum["loss"] += loss.item()
+                    for k in ("policy_loss", "kl", "clip_low", "clip_high"):
+                        st_sum[k] += getattr(st, k).item()
+                    st_sum["entropy"] += ((ent * mk.to(dev)).sum() / n_tok.to(dev)).item()
+            dist.drop_unused_grads(policy)
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
                                                        cfg.grad_clip or float("inf"))
             opt.step()

@@ -8,10 +8,14 @@ runs take exactly the code path they always did.
     dist.shard(model)                     # FSDP2 per transformer block, then the root; a no-op at world size 1
     dist.all_sum(t)                       # a global normaliser (token count, sequence count)
     dist.gather_weights(model, copy)      # full weights into an inference copy, one tensor at a time
+    with dist.gathered(model): ...        # forwards and backwards in any number per rank
+
 """
 from __future__ import annotations
 
+import atexit
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +49,7 @@ def setup() -> Dist:
             td.init_process_group("nccl")
         else:
             td.init_process_group("gloo")
+        atexit.register(td.destroy_process_group)  # a clean exit: gloo's threads would abort the process
     return Dist(rank, world, local)
 
 
@@ -90,7 +95,62 @@ def shard(model, trainable: bool = True):
         for m in model.modules():
             if is_sharded(m):
                 m.set_gradient_divide_factor(1.0)
+                m.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
+                m.set_reduce_scatter_unused_params(True, recurse=False)  # an MoE expert idle on one rank only
     return model
+
+
+def _units(model) -> list:
+    return [m for m in model.modules() if is_sharded(m)]
+
+
+@contextmanager
+def gathered(model):
+    """Hold a sharded model's full parameters across a stretch of forwards (and backwards): one all-gather at the
+    start, resharded at the end, so forwards issue no collectives and ranks may run different numbers of them
+    (the no-grad passes, whose rows differ in length). A no-op for an unsharded model."""
+    units = _units(model)
+    for u in units:
+        u.set_reshard_after_forward(False, recurse=False)
+        u.set_reshard_after_backward(False, recurse=False)
+    for u in units:
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u in units:
+            u.reshard()
+
+
+def micro_batch_count(n: int) -> int:
+    """How many backward passes every rank runs: the most any rank needs. Each backward reduces gradients
+    (a collective), so a rank with fewer micro-batches pads with passes that contribute zero. Gradients are
+    reduced every micro-batch rather than accumulated unsynced: FSDP2 would reduce zeros for a parameter unused in
+    the last micro-batch (an MoE expert) and drop what earlier ones accumulated for it."""
+    if not current().on:
+        return n
+    t = torch.tensor(float(n))
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return int(t)
+
+
+@torch.no_grad()
+def drop_unused_grads(model) -> None:
+    """Give a parameter whose gradient is exactly zero no gradient at all, so AdamW leaves it (and its moments)
+    alone this step. An MoE expert that no token reached, or only prompt tokens whose loss weight is zero, gets
+    None from autograd in one process but zeros from FSDP2's reduce-scatter; this makes both the same, so N
+    ranks update exactly as one process does."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return
+    used = torch.stack([(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).ne(0).any().float()
+                        for p in params])
+    if current().on:
+        td.all_reduce(used)
+    for p, u in zip(params, used.tolist()):
+        if u == 0:
+            p.grad = None
+
 
 
 @torch.no_grad()

@@ -1,0 +1,69 @@
+"""Data parallelism on PyTorch's own stack, on CPU with gloo: 2 ranks started by torchrun make the same update as
+one process with the same global batch, checkpoints resume on another world size, and rank 0 alone writes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1kit.checkpoint.hf import load_state_dict, save_model
+from r1kit.model import ModelConfig, Transformer
+from r1kit.tokenizer import Tokenizer
+
+JOB = str(Path(__file__).with_name("dist_job.py"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-moe")
+    tok = Tokenizer.builtin()
+    torch.manual_seed(0)
+    save_model(Transformer(ModelConfig.from_name("tiny-moe").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), folder)
+    tok.template = "r1-zero"
+    tok.save(folder)
+    return folder
+
+
+def run(args, ranks: int = 1):
+    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   "--nproc_per_node", str(ranks)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([*launcher, JOB, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p.stdout
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_grpo_two_ranks_equal_one_and_resume_on_any_world_size(ckpt, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(["grpo", ckpt, one, 3])
+    run(["grpo", ckpt, two, 3], ranks=2)
+    final = "checkpoint-000003"
+    assert_same(load_state_dict(two / final), load_state_dict(one / final))
+    base = load_state_dict(ckpt)
+    assert any(not torch.equal(base[k], v) for k, v in load_state_dict(one / final).items())  # it trained
+    # rank 0 alone writes: one metrics row per step, one TensorBoard file
+    rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert len(list((two / "tb").glob("events.out.tfevents.*"))) == 1
+    # a 2-rank checkpoint at step 2 resumes on 1 rank and on 2 ranks to the uninterrupted weights
+    for ranks in (1, 2):
+        part = tmp_path / f"part{ranks}"
+        run(["grpo", ckpt, part, 2], ranks=2)
+        out = run(["grpo", ckpt, part, 3], ranks=ranks)
+        assert "resumed from checkpoint-000002 at step 2" in out
+        assert_same(load_state_dict(part / final), load_state_dict(one / final))
+
+
+def test_sft_two_ranks_equal_one(ckpt, tmp_path):
+    run(["sft", ckpt, tmp_path / "one", 3])
+    run(["sft", ckpt, tmp_path / "two", 3], ranks=2)
+    assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))

@@ -67,3 +67,18 @@ def test_sft_two_ranks_equal_one(ckpt, tmp_path):
     run(["sft", ckpt, tmp_path / "one", 3])
     run(["sft", ckpt, tmp_path / "two", 3], ranks=2)
     assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))
+
+
+def test_torchrun_runs_r1kit_zero_end_to_end(ckpt, tmp_path):
+    """The documented command line: torchrun --standalone --nproc_per_node 2 -m r1kit zero ..."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "r1kit",
+           "zero", "--model", str(ckpt), "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+           "--max-new-tokens", "6", "--eval-problems", "4", "--run-dir", str(run_dir)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert p.stdout.count("held-out after GRPO") == 1  # rank 0 alone talks
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    assert (run_dir / "report.md").exists() and (run_dir / "checkpoint-000002" / "model.safetensors").exists()

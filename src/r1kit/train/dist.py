@@ -49,8 +49,17 @@ def setup() -> Dist:
             td.init_process_group("nccl")
         else:
             td.init_process_group("gloo")
-        atexit.register(td.destroy_process_group)  # a clean exit: gloo's threads would abort the process
+        atexit.register(_close)
     return Dist(rank, world, local)
+
+
+def _close() -> None:
+    """Leave the group together: a rank that exits while another still talks aborts in gloo's threads."""
+    if td.is_initialized():
+        try:
+            td.barrier()
+        finally:
+            td.destroy_process_group()
 
 
 def current() -> Dist:

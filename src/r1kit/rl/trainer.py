@@ -85,7 +85,11 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
     check(plan, next(policy.parameters()).device.type)  # say what to change instead of being killed mid-step
     # what the engine samples from: the policy itself, or an unsharded copy (FSDP2 keeps only shards) whose LoRA,
     # if any, is merged (the engine's CPU kernels read plain weights)
-    gathered = copy.deepcopy(policy).eval().requires_grad_(False) if d.on else None
+    gathered = None
+    if d.on:  # in the compute dtype: bf16 on CUDA (the engine's), fp32 on CPU
+        gathered = copy.deepcopy(policy).eval().requires_grad_(False)
+        if next(policy.parameters()).device.type == "cuda":
+            gathered.to(torch.bfloat16)
     if lora.is_lora(policy):  # the reference is the base: the same weights with the adapters off, no copy
         ref_model = None
         base_ref = reference_logprobs(policy, cfg)

@@ -67,21 +67,28 @@ def kv_bytes_per_token(c, dtype_bytes: int) -> float:
 
 
 def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 8192, checkpointing: str = "auto",
-             lora_rank: int = 0, beta: float = 0.0, rl: RLShape | None = None, budget: float | None = None) -> Plan:
-    """The peak bytes of one training step of model config `c` (fp32 on CPU, bf16 compute + fp32 master on CUDA)."""
+             lora_rank: int = 0, beta: float = 0.0, rl: RLShape | None = None, budget: float | None = None,
+             world_size: int = 1) -> Plan:
+    """The peak bytes per rank of one training step of model config `c` (fp32 on CPU, bf16 compute + fp32 master
+    on CUDA). With world_size > 1, FSDP2 shards weights, gradients, optimiser state and the reference; each rank
+    keeps one full inference copy for its engine and rolls out B / world_size prompts."""
     from r1kit.model.params import count_params
     from r1kit.train.logprobs import chunk_rows
 
     P = count_params(c).total
     act_b = 2 if device == "cuda" else 4
     trainable = P if not lora_rank else _lora_params(c, lora_rank)
-    parts = {"weights": P * 4.0}
-    parts["gradients"] = trainable * 4.0
-    parts["optimiser (AdamW)"] = trainable * 8.0
+    W = max(1, world_size)
+    parts = {"weights": P * 4.0 / W}
+    parts["gradients"] = trainable * 4.0 / W
+    parts["optimiser (AdamW)"] = trainable * 8.0 / W
     if lora_rank:
-        parts["adapters"] = trainable * 4.0
+        parts["adapters"] = trainable * 4.0 / W
     if beta and not lora_rank:
-        parts["reference model"] = P * 4.0  # with LoRA the reference is the base with adapters off
+        parts["reference model"] = P * 4.0 / W  # with LoRA the reference is the base with adapters off
+    if W > 1:
+        parts["unsharded layer (FSDP2)"] = P * act_b / max(c.n_layers, 1) * 2  # a block gathered, plus prefetch
+        rl = RLShape(max(1, rl.prompts // W), rl.group, rl.prompt_tokens, rl.new_tokens) if rl else None
     tokens = micro_batch_tokens
     if rl is not None:
         seq = rl.prompt_tokens + rl.new_tokens
@@ -95,8 +102,8 @@ def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 8192, checkpoi
         parts["engine KV cache"] = rl.rows * seq * kv_bytes_per_token(c, act_b)
         if device == "cpu":
             parts["engine packed weights"] = P * 4.0  # the CPU kernels' repacked Linears
-        if lora_rank:
-            parts["rollout copy (merged)"] = P * 4.0
+        if lora_rank or W > 1:  # the engine's own full weights: LoRA merged, or gathered from the shards
+            parts["rollout copy (full weights)"] = P * (act_b if W > 1 else 4.0) * (2 if lora_rank and W > 1 else 1)
         parts["rollout batch"] = rl.rows * seq * 8.0 * 4  # ids, masks, old/ref log-probs
     # auto: recompute blocks only when keeping every activation would take over half the free memory (the
     # recompute costs about one more forward, ~30% of a training pass)
@@ -177,7 +184,7 @@ def configure_checkpointing(model, cfg) -> Plan:
 def plan(model: str, prompts_per_step: int = 16, group_size: int = 8, prompt_tokens: int = 256,
          max_new_tokens: int = 1024, micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto",
          lora_rank: int = 0, beta: float = 0.001, device: str = "cpu", memory_gib: float = 0.0,
-         sft: bool = False) -> dict:
+         sft: bool = False, world_size: int = 1) -> dict:
     """Estimate the peak memory of a GRPO (or SFT) step before running it, and say whether it fits.
 
     Args:
@@ -193,6 +200,7 @@ def plan(model: str, prompts_per_step: int = 16, group_size: int = 8, prompt_tok
         device: cpu or cuda (CUDA: bf16 compute with fp32 master weights).
         memory_gib: the memory to plan against (0 = what is free on this machine's device).
         sft: plan a supervised step instead (no reference, no engine).
+        world_size: processes (GPUs) sharing the step under torchrun + FSDP2; figures are per rank.
     """
     from r1kit.cli import resolve_config
     from r1kit.errors import R1kitError
@@ -211,8 +219,9 @@ def plan(model: str, prompts_per_step: int = 16, group_size: int = 8, prompt_tok
     budget = memory_gib * GiB if memory_gib else available_bytes(device)
     rl = None if sft else RLShape(prompts_per_step, group_size, prompt_tokens, max_new_tokens)
     p = estimate(cfg, device=device, micro_batch_tokens=micro_batch_tokens, checkpointing=grad_checkpointing,
-                 lora_rank=lora_rank, beta=0.0 if sft else beta, rl=rl, budget=budget)
-    print(f"{model}: {'SFT' if sft else 'GRPO'} step, {device}, "
+                 lora_rank=lora_rank, beta=0.0 if sft else beta, rl=rl, budget=budget, world_size=world_size)
+    print(f"{model}: {'SFT' if sft else 'GRPO'} step, {device}" + (f" x {world_size} ranks (per rank)"
+                                                                   if world_size > 1 else "") + ", "
           + ("" if sft else f"{prompts_per_step} x {group_size} x ({prompt_tokens} + {max_new_tokens}) tokens, ")
           + f"micro-batches of {micro_batch_tokens} tokens" + (f", LoRA rank {lora_rank}" if lora_rank else ""))
     print(p.table())

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import torch
 from safetensors.torch import load_file
 
 ARGS = ["--steps", "4", "--ckpt-every", "1", "--base-steps", "20", "--prompts-per-step", "2", "--group-size", "4",
@@ -71,3 +72,29 @@ def test_existing_run_dir_needs_resume(tmp_path):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2
     assert "--resume" in out and "Traceback" not in out
+
+
+def test_zero_on_a_jsonl_file_holds_out_its_own_split(tmp_path):
+    """`--task jsonl --data F` runs end to end, and its held-out problems are a split of F never trained on."""
+    from r1kit.checkpoint.hf import save_model
+    from r1kit.model import ModelConfig, Transformer
+    from r1kit.tasks import get_task
+    from r1kit.tokenizer import Tokenizer
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+{b}", "answer": str(a + b)}) + "\n"
+                            for a in range(10) for b in range(10)))
+    ckpt = tmp_path / "ckpt"
+    tok = Tokenizer.builtin()
+    torch.manual_seed(0)
+    save_model(Transformer(ModelConfig.from_name("tiny").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), ckpt)
+    tok.save(ckpt)
+    p = subprocess.run([sys.executable, "-m", "r1kit", "zero", "--model", str(ckpt), "--task", "jsonl",
+                        "--data", str(data), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                        "--max-new-tokens", "4", "--eval-problems", "3", "--run-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["task_kw"]["holdout"] == "train"
+    train = {ex.question for ex in get_task("jsonl", path=str(data), holdout="train")}
+    test = {ex.question for ex in get_task("jsonl", path=str(data), holdout="test")}
+    assert train and test and not train & test and len(train | test) == 100

@@ -7,11 +7,16 @@ A checkpoint folder `checkpoint-000040/` holds:
   (sharded under FSDP2) and readable by any world size, one process included;
 - `trainer_state.pt`: the step, the RNG states and the caller's `extra`, plain tensors and numbers read back with
   `weights_only=True`.
-Each checkpoint is written to a temporary folder, then renamed into place. Data order and sampling seeds derive
-from (seed, step), so the step number is all the data state there is.
+Each checkpoint is written to a temporary folder, with `manifest.json` (the sha256 of every file) written last,
+then renamed into place. Resume takes the newest checkpoint whose manifest verifies and says which ones it
+skipped (partial, truncated, empty). A full disk fails with one line and leaves the last good checkpoint as it
+was. Data order and sampling seeds derive from (seed, step), so the step number is all the data state there is.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import re
@@ -24,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from r1kit.errors import R1kitError
 from r1kit.train import dist
 
 PATTERN = re.compile(r"checkpoint-(\d{6})$")
@@ -38,11 +44,26 @@ def _trainer_state(policy, ref, opt) -> dict:
 
 def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, extra: dict | None = None,
                tokenizer=None) -> Path:
+    tmp = Path(run_dir) / f".tmp-checkpoint-{step:06d}"
+    try:
+        return _save(Path(run_dir), step, policy, ref, opt, keep_last, extra, tokenizer)
+    except (Exception, dcp.api.CheckpointException) as e:  # an OSError, or DCP's wrapping of one per rank
+        if dist.current().main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        causes = [e, *(pair[0] for pair in getattr(e, "failures", {}).values())]
+        if any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in causes):
+            good = [p.name for p in checkpoints(run_dir)]
+            raise R1kitError(f"{run_dir}: no space left on the device while writing checkpoint {step}; "
+                             f"{'the last good checkpoint, ' + good[-1] + ', is intact' if good else 'none written'}"
+                             f"; free space and rerun with --resume") from None
+        raise
+
+
+def _save(run_dir: Path, step: int, policy, ref, opt, keep_last, extra, tokenizer) -> Path:
     from r1kit.checkpoint.hf import hf_state_dict, save_checkpoint
     from r1kit.train import lora
 
     d = dist.current()
-    run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step:06d}"
     tmp = run_dir / f".tmp-checkpoint-{step:06d}"
     if d.main:
@@ -61,6 +82,9 @@ def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, e
             tokenizer.save(tmp)
         torch.save({"step": step, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                     "extra": extra or {}, "world": d.world}, tmp / "trainer_state.pt")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: its presence means complete
         _fsync_dir(tmp)
         if final.exists():  # a rerun of the same step after a crash: replace it
             shutil.rmtree(final)
@@ -72,11 +96,49 @@ def save_state(run_dir: Path, step: int, policy, ref, opt, keep_last: int = 2, e
     return final
 
 
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return []
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and PATTERN.match(p.name))
+
+
+def problem(path: Path) -> str | None:
+    """Why checkpoint folder `path` cannot be resumed from (None when its manifest verifies)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest (empty or partly written)"
+    except (OSError, json.JSONDecodeError):
+        return "unreadable manifest"
+    for name, digest in manifest.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest(run_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint that verifies; every newer one that does not is named with the reason."""
+    for path in reversed(checkpoints(run_dir)):
+        why = problem(path)
+        if why is None:
+            return path
+        log(f"skipping {path.name}: {why}")
+    return None
 
 
 def load_state(path: Path, policy, ref, opt) -> dict:

@@ -69,7 +69,7 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
     -> dict runs once before the first step of a fresh run (a before-training evaluation) and is stored as `extra`.
     """
     from r1kit.errors import R1kitError
-    from r1kit.rl.state import checkpoints, load_state, save_state
+    from r1kit.rl.state import latest, load_state, save_state
     from r1kit.train import dist, lora
     from r1kit.train.memory import check, configure_checkpointing
 
@@ -117,10 +117,11 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     engine = engine_for(rollout_model, tok, task, cfg, template, eval_rows)
     start, extra = 0, dict(extra or {})
-    if checkpoints(out):
-        state = load_state(checkpoints(out)[-1], policy, ref_model, opt)
+    resume_from = latest(out, log if d.main else (lambda *a: None))
+    if resume_from is not None:
+        state = load_state(resume_from, policy, ref_model, opt)
         start, extra = state["step"], state["extra"] or extra
-        log(f"resumed from {checkpoints(out)[-1].name} at step {start}")
+        log(f"resumed from {resume_from.name} at step {start}")
         refresh_rollout_model()
     elif setup is not None:
         extra |= setup(engine)

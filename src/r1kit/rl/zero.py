@@ -205,8 +205,8 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         run_dir: run folder (metrics.jsonl, TensorBoard events, checkpoints, report.md, plots).
         model: an HF checkpoint folder or GGUF to train; empty = pretrain (or reuse) the tiny demo base.
         task: arith, arith-mix, countdown, gsm8k, math or jsonl.
-        data: jsonl file for file-backed tasks (gsm8k, math, jsonl).
-        eval_data: held-out jsonl for file-backed tasks; empty = the task's own test split.
+        data: jsonl file for file-backed tasks (gsm8k, math, jsonl); 90% trains, a seeded 10% is held out.
+        eval_data: held-out jsonl for file-backed tasks, instead of the 10% of --data.
         steps: GRPO steps.
         prompts_per_step: questions per step (B).
         group_size: samples per question (G, at least 2: advantages compare a sample with its group).
@@ -238,8 +238,13 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
     if mini_batches > prompts_per_step * group_size:
         raise R1kitError(f"--mini-batches {mini_batches} is more than the {prompts_per_step * group_size} rollouts "
                          f"of a step")
-    task_kw = {"path": data} if data else DEMO_TASKS.get(task, {})
-    eval_kw = {"path": eval_data} if eval_data else None
+    if task == "jsonl" and not data:
+        raise R1kitError("--task jsonl needs --data FILE")
+    if data:  # a file task: a seeded split of the file, so the held-out problems are never trained on
+        task_kw = {"path": data, "holdout": "train"}
+        eval_kw = {"path": eval_data} if eval_data else {"path": data, "holdout": "test"}
+    else:
+        task_kw, eval_kw = DEMO_TASKS.get(task, {}), ({"path": eval_data} if eval_data else None)
     gc = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
                     lr=lr or (3e-6 if model else 3e-4), beta=beta, max_new_tokens=max_new_tokens, seed=seed,
                     mini_batches=mini_batches, mu=mu, micro_batch_tokens=micro_batch_tokens,

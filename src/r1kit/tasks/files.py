@@ -75,7 +75,9 @@ class JsonlTask(Task):
 
     def __init__(self, path, question_key: str | None = None, answer_key: str | None = None,
                  holdout: str | None = None, test_frac: float = 0.1, seed: int = 0,
-                 start: int = 0, stop: int | None = None, step: int = 1):
+                 start: int = 0, stop: int | None = None, step: int = 1, split: str | None = None):
+        # `split` is what every task takes; a file's own train/test split is `holdout`, chosen explicitly, since a
+        # benchmark file (AIME, MATH-500) is all test and must not lose rows to a default split
         super().__init__(start, stop, step)
         self.path = resolve_data_path(path)
         self.question_key, self.answer_key = question_key, answer_key

@@ -148,6 +148,10 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------------
     # requests
 
+    def load(self) -> tuple[int, int]:
+        """(running, waiting): samples in slots now, and samples queued for a slot (what a server reports)."""
+        return sum(s is not None for s in self.slots), sum(len(g) for g in self.waiting)
+
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None) -> int:
         """Queue one sample of a prompt; returns its request id."""
         return self.add_group(prompt_ids, params, 1)[0]

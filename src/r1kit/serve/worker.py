@@ -2,8 +2,7 @@
 
 Requests arrive through a deque; after every `engine.step()` the worker hands each request its new tokens with one
 `loop.call_soon_threadsafe`, into that request's asyncio.Queue. All requests share the engine's continuous batch.
-`stats()` publishes what /health and /metrics show; the engine's slot and queue counts are read only through
-`engine_load`.
+`stats()` publishes what /health and /metrics show; the engine's slot and queue counts come from `Engine.load()`.
 """
 from __future__ import annotations
 
@@ -18,14 +17,6 @@ from r1kit.engine.engine import Engine
 from r1kit.engine.sampling import SamplingParams
 
 log = logging.getLogger("r1kit.serve")
-
-
-def engine_load(engine: Engine) -> tuple[int, int]:
-    """(running, waiting) samples of an engine: its occupied slots and its queued requests.
-
-    The one place the server reads engine state that Engine does not expose as a method (`slots`, `waiting`); an
-    `Engine.load()` returning this pair would replace it."""
-    return sum(s is not None for s in engine.slots), sum(len(g) for g in engine.waiting)
 
 
 @dataclass(frozen=True)
@@ -141,7 +132,7 @@ class EngineWorker:
                     result = eng.pop_result(ev.request_id)
                     del self._owner[ev.request_id]
                 out[owner[0]].append((owner[1], ev.token, result))
-        running, waiting = engine_load(eng)
+        running, waiting = eng.load()
         self._stats = WorkerStats(running, waiting, max(self._stats.max_running, running), self._stats.steps + stepped,
                                   self._thread is not None, len(self._owner))
         if out:

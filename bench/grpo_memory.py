@@ -12,7 +12,8 @@ an HF folder that both load), CPU fp32, one GSM8K question in the R1-Zero templa
 random tokens, rewards 0/1 seeded, advantages by group std, beta = 0.04 (a reference model runs).
 
 Contenders:
-- r1kit-full: rl.grpo.grpo_update, micro-batches of --micro-batch-tokens, activation checkpointing on (auto).
+- r1kit-full: rl.grpo.grpo_update, micro-batches of --micro-batch-tokens, activation checkpointing
+  --grad-checkpointing (default on: the leanest, as TRL's side is; "auto" leaves it off while memory is plentiful).
 - r1kit-lora: the same with LoRA rank 16 on q/k/v/o/gate/up/down; the reference is the base (adapters off).
 - trl: GRPOTrainer at its leanest that runs: gradient_checkpointing=True, per_device_train_batch_size=1 with 16
   gradient-accumulation steps, its fused chunked LM head, use_liger_kernel when liger-kernel imports. Its own
@@ -53,7 +54,7 @@ def rollouts(tok, L: int):
     return prompt, comp, group_advantages(rewards, G)
 
 
-def child_r1kit(L: int, lora_rank: int, micro: int) -> dict:
+def child_r1kit(L: int, lora_rank: int, micro: int, ckpt: str) -> dict:
     import copy
 
     import torch
@@ -71,7 +72,8 @@ def child_r1kit(L: int, lora_rank: int, micro: int) -> dict:
     mask = torch.zeros(G, P + L - 1)
     mask[:, P - 1:] = 1
     policy = load_model(CACHE, dtype=torch.float32)
-    cfg = GRPOConfig(beta=BETA, lr=LR, max_new_tokens=L, micro_batch_tokens=micro, prompts_per_step=1, group_size=G)
+    cfg = GRPOConfig(beta=BETA, lr=LR, max_new_tokens=L, micro_batch_tokens=micro, prompts_per_step=1, group_size=G,
+                     grad_checkpointing=ckpt)
     if lora_rank:
         lora.apply(policy, lora.LoRAConfig(rank=lora_rank))
         base = reference_logprobs(policy, cfg)
@@ -145,7 +147,7 @@ def child_trl(L: int) -> dict:
 
 def run_child(who: str, L: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", who, "--length", str(L), "--micro-batch-tokens",
-           str(args.micro_batch_tokens), "--threads", str(args.threads)]
+           str(args.micro_batch_tokens), "--threads", str(args.threads), "--grad-checkpointing", args.grad_checkpointing]
     cap = int(args.cap_gib * 2**30)
 
     def limit():
@@ -169,6 +171,7 @@ def main():
     ap.add_argument("--who", nargs="+", default=["r1kit-full", "r1kit-lora", "trl"])
     ap.add_argument("--micro-batch-tokens", type=int, default=4096)
     ap.add_argument("--cap-gib", type=float, default=20.0)
+    ap.add_argument("--grad-checkpointing", default="on", choices=["on", "off", "auto"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=4 * 3600)
     ap.add_argument("--child")
@@ -181,7 +184,8 @@ def main():
         if args.child == "trl":
             res = child_trl(args.length)
         else:
-            res = child_r1kit(args.length, 16 if args.child == "r1kit-lora" else 0, args.micro_batch_tokens)
+            res = child_r1kit(args.length, 16 if args.child == "r1kit-lora" else 0, args.micro_batch_tokens,
+                              args.grad_checkpointing)
         res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(json.dumps(res))
         return
@@ -199,7 +203,8 @@ def main():
                           "trl_time_vs_full": trl["seconds"] / full["seconds"] if "seconds" in full else None}
     print(json.dumps({"bench": "grpo_memory", "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or
                       platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "G": G, "beta": BETA,
-                      "micro_batch_tokens": args.micro_batch_tokens, "results": results, "ratios": summary}))
+                      "micro_batch_tokens": args.micro_batch_tokens, "grad_checkpointing": args.grad_checkpointing,
+                      "results": results, "ratios": summary}))
 
 
 if __name__ == "__main__":

@@ -157,31 +157,20 @@ def test_stop_strings_never_cut_the_thought_and_the_answer_is_trimmed():
 # --------------------------------------------------------------------------------------------------------------
 # the R1 renderer with tools, and tool calls parsed back
 
-def test_render_r1_chat_equals_render_r1_without_tools():
-    from r1kit.serve.tools import render_r1_chat
+def test_render_r1_with_tool_calls_and_outputs():
     from r1kit.tokenizer import render_r1
-
-    chats = [[{"role": "user", "content": "Hi"}],
-             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
-              {"role": "assistant", "content": "<think>\nr\n</think>\n\nA"}, {"role": "user", "content": "b"}]]
-    for msgs in chats:
-        assert render_r1_chat(msgs, thinking=True) == render_r1(msgs)
-
-
-def test_render_r1_chat_with_tool_calls_and_outputs():
-    from r1kit.serve.tools import render_r1_chat
 
     msgs = [{"role": "user", "content": "Q"},
             {"role": "assistant", "content": "", "tool_calls": [
                 {"function": {"name": "f", "arguments": '{"a": 1}'}}, {"function": {"name": "g", "arguments": "{}"}}]},
             {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}]
-    text = render_r1_chat(msgs, thinking=False)
+    text = render_r1(msgs, thinking=False)
     assert text == (
         "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n"
         '```json\n{"a": 1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{}\n```'
         "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>1"
         "<｜tool▁output▁end｜>\n<｜tool▁output▁begin｜>2<｜tool▁output▁end｜><｜tool▁outputs▁end｜><think>\n\n</think>\n\n")
-    with_tools = render_r1_chat(msgs[:1], tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    with_tools = render_r1(msgs[:1], tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
     assert "### f" in with_tools and with_tools.index("### f") < with_tools.index("Q<｜Assistant｜>")
 
 

@@ -245,9 +245,9 @@ def test_bad_templates_and_messages():
             tok.render([], template=template)
     with pytest.raises(R1kitError, match="no messages"):
         render_jinja(OFFICIAL_R1, [], R1_BOS, R1_EOS)
-    with pytest.raises(R1kitError, match="unknown role 'tool'"):
-        render_r1([{"role": "tool", "content": "x"}])
-    with pytest.raises(R1kitError, match="content must be a string"):
+    with pytest.raises(R1kitError, match="role 'robot'"):
+        render_r1([{"role": "robot", "content": "x"}])
+    with pytest.raises(R1kitError, match="string content"):
         render_r1([{"role": "user", "content": [{"type": "text", "text": "x"}]}])
     with pytest.raises(R1kitError, match="needs a user message"):
         render_r1([{"role": "system", "content": "s"}])

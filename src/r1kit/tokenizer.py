@@ -41,6 +41,15 @@ R1_ZERO_PREFIX = (
     "process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., "
     "<think> reasoning process here </think> <answer> answer here </answer>."
 )
+# R1's tool-call tokens (the R1 and R1 Distill templates); ids only where the tokenizer has them
+CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
+OUTPUTS_BEGIN, OUTPUTS_END = "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>"
+OUTPUT_BEGIN, OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"
+TOOL_TOKENS = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP, OUTPUTS_BEGIN, OUTPUTS_END, OUTPUT_BEGIN,
+               OUTPUT_END)
+CLOSED_THOUGHT = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"  # what R1 writes when it skips thinking
+
 TEMPLATES = ("r1", "r1-zero", "model")
 ROLES = ("system", "user", "assistant")
 
@@ -62,31 +71,85 @@ def _check_messages(messages: Sequence[Message]) -> None:
             raise R1kitError(f"message {i}: content must be a string, got {type(m.get('content')).__name__}")
 
 
-def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, think_prefill: bool = True) -> str:
-    """DeepSeek-R1's revised chat template (docs/ARCHITECTURE.md 7.2), tool calls left out.
+def format_call(name: str, arguments: str, first: bool = True) -> str:
+    """One tool call as R1 writes it (later calls of a turn start on a new line)."""
+    return f"{'' if first else chr(10)}{CALL_BEGIN}function{SEP}{name}\n```json\n{arguments}\n```{CALL_END}"
+
+
+def tools_system_text(tools: Sequence[dict]) -> str:
+    """The tool definitions, written for the model (the template has no slot for them)."""
+    lines = ["## Tools", "", "You may call the functions below. To call one, answer with",
+             CALLS_BEGIN + format_call("NAME", "ARGUMENTS AS A JSON OBJECT") + CALLS_END,
+             f"and for several calls put each {CALL_BEGIN}...{CALL_END} on its own line inside the same "
+             f"{CALLS_BEGIN}...{CALLS_END}. The results come back as tool outputs.", ""]
+    for t in tools:
+        f = t["function"]
+        lines.append(f"### {f['name']}")
+        if f.get("description"):
+            lines.append(f["description"])
+        lines.append("Parameters (JSON Schema): " + json.dumps(f.get("parameters") or {"type": "object"},
+                                                                ensure_ascii=False))
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, think_prefill: bool = True,
+              tools: Sequence[dict] | None = None, thinking: bool = True, forced: str = "",
+              prefix: str | None = None) -> str:
+    """DeepSeek-R1's revised chat template (docs/ARCHITECTURE.md 7.2), with tool calls and tool outputs.
 
     Returns `<｜begin▁of▁sentence｜><｜User｜>...<｜Assistant｜>answer<｜end▁of▁sentence｜>...<｜Assistant｜><think>\\n`.
+    messages: system, user, assistant or tool dicts; an assistant dict may carry "tool_calls" (OpenAI's shape). The
+    generation prompt ends with `<think>\\n` (think_prefill; nothing without it), or with an empty closed thought
+    when `thinking` is off (DeepThink off); `forced` is text the answer must start with (after an empty thought); `prefix` is an assistant reply to continue: it replaces the prefill
+    unless it opens a thought itself. Tool definitions go into the system text (the template has no slot for them).
     """
-    _check_messages(messages)
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in (*ROLES, "tool") or not isinstance(m.get("content"), str):
+            role = m.get("role") if isinstance(m, dict) else m
+            raise R1kitError(f"message {i}: expected a system, user, assistant or tool message with string "
+                             f"content, got role {role!r}")
+    if not messages:
+        raise R1kitError("chat has no messages")
     # Deliberate difference from the official template, which emits system text right after bos with no role tag:
     # R1 was not trained with a system role and its usage recommendations say "no system prompt; all instructions in
     # the user turn", so all system text is moved to the front of the first user turn.
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    if tools:
+        system = f"{system}\n\n{tools_system_text(tools)}" if system else tools_system_text(tools)
     if system and not any(m["role"] == "user" for m in messages):
         raise R1kitError("a system message needs a user message to merge into (R1 has no system role)")
-    out = [R1_BOS]
+    out, in_outputs = [R1_BOS], False
     for m in messages:
-        if m["role"] == "user":
+        role = m["role"]
+        if role == "tool":  # after tool outputs the model writes on directly, with no <｜Assistant｜> tag
+            out.append((f"\n{OUTPUT_BEGIN}" if in_outputs else OUTPUTS_BEGIN + OUTPUT_BEGIN) + m["content"] + OUTPUT_END)
+            in_outputs = True
+            continue
+        if role == "user":
             content = f"{system}\n\n{m['content']}" if system else m["content"]
             system = ""
-            out.append(R1_USER + content)
-        elif m["role"] == "assistant":
+            out.append((OUTPUTS_END if in_outputs else "") + R1_USER + content)
+        elif role == "assistant":
             # History keeps only the answer: the official `content.split('</think>')[-1]`, which drops earlier
             # reasoning and the tag but keeps the "\n\n" after it.
-            out.append(R1_ASSISTANT + m["content"].split(THINK_CLOSE)[-1] + R1_EOS)
-    if add_generation_prompt:
+            text = m["content"].split(THINK_CLOSE)[-1]
+            calls = m.get("tool_calls") or []
+            if calls:
+                text += CALLS_BEGIN + "".join(format_call(c["function"]["name"], c["function"]["arguments"], k == 0)
+                                              for k, c in enumerate(calls)) + CALLS_END
+            out.append((OUTPUTS_END if in_outputs else R1_ASSISTANT) + text + R1_EOS)
+        in_outputs = False
+    if not add_generation_prompt:
+        return "".join(out) + (OUTPUTS_END if in_outputs else "")
+    out.append(OUTPUTS_END if in_outputs else R1_ASSISTANT)
+    if prefix is not None:
+        out.append(prefix if THINK_OPEN in prefix else CLOSED_THOUGHT + prefix)
+    elif forced:
+        out.append(CLOSED_THOUGHT + forced)
+    else:
         # The revised template forces the reply to start inside the thought (the model may otherwise skip thinking).
-        out.append(R1_ASSISTANT + (THINK_OPEN + "\n" if think_prefill else ""))
+        out.append(CLOSED_THOUGHT if not thinking else THINK_OPEN + "\n" if think_prefill else "")
     return "".join(out)
 
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from r1kit.serve.tools import render_r1_chat
-from r1kit.tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer
+from r1kit.tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer, render_r1
 
 if TYPE_CHECKING:
     from r1kit.engine.engine import Result
@@ -233,12 +232,12 @@ class ChoiceStream:
 def render_prompt(tokenizer: Tokenizer, messages: list[dict], template: str = "r1", thinking: bool = True,
                   encode=None, tools: list[dict] | None = None, forced: str = "",
                   prefix: str | None = None) -> tuple[list[int], str]:
-    """A chat prompt's (ids, text). template "r1" (tools.render_r1_chat): DeepThink on = the R1 `<think>\\n`
+    """A chat prompt's (ids, text). template "r1" (tokenizer.render_r1): DeepThink on = the R1 `<think>\\n`
     prefill, off = an empty closed thought, plus tools, a forced call opening or a reply prefix to continue;
     "model": the tokenizer's own chat template (thinking is then up to the template; `prefix` is appended after its
     generation prompt); "r1-zero": the R1-Zero prompt, for checkpoints trained with it."""
     if template == "r1":
-        text = render_r1_chat(messages, tools, thinking, forced, prefix)
+        text = render_r1(messages, thinking=thinking, tools=tools, forced=forced, prefix=prefix)
     else:  # "model" or "r1-zero" (the R1-Zero text prompt around the last user message; the model opens <think>)
         text = tokenizer.render(messages, template=template) + (prefix or "")
     ids = (encode or tokenizer.encode)(text)

@@ -147,7 +147,8 @@ def child_trl(L: int) -> dict:
 
 def run_child(who: str, L: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", who, "--length", str(L), "--micro-batch-tokens",
-           str(args.micro_batch_tokens), "--threads", str(args.threads), "--grad-checkpointing", args.grad_checkpointing]
+           str(args.micro_batch_tokens), "--threads", str(args.threads), "--grad-checkpointing",
+           args.grad_checkpointing]
     cap = int(args.cap_gib * 2**30)
 
     def limit():

@@ -17,7 +17,7 @@ def run(*args):
 def test_params_dense(capsys, name, total):
     assert main(["params", name]) == 0
     out = capsys.readouterr().out
-    assert f"total parameters" in out and f" {total} " in out
+    assert "total parameters" in out and f" {total} " in out
 
 
 def test_params_deepseek(capsys):

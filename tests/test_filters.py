@@ -1,7 +1,6 @@
 """Readability filters, the R1 reformat, decontamination and the bilingual task (pipeline/filters.py, decontam.py)."""
 import json
 
-import pytest
 import torch
 
 from r1kit.pipeline.decontam import NgramIndex, benchmark_files, benchmark_questions, eval_index, ngrams

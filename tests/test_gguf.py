@@ -10,7 +10,7 @@ import pytest
 import torch
 import tokenizers
 from gguf import GGMLQuantizationType as QT
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from r1kit.checkpoint.gguf import convert_gguf, read_gguf, smollm2_gguf_path
 from r1kit.checkpoint.hf import from_hf_key, hf_state_dict, load_model

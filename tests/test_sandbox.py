@@ -4,7 +4,6 @@ HumanEval's canonical solutions (pass) and broken ones (fail) through it."""
 
 import ctypes
 import os
-import platform
 import re
 import secrets
 import shutil

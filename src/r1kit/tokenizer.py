@@ -99,10 +99,11 @@ def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, t
     """DeepSeek-R1's revised chat template (docs/ARCHITECTURE.md 7.2), with tool calls and tool outputs.
 
     Returns `<｜begin▁of▁sentence｜><｜User｜>...<｜Assistant｜>answer<｜end▁of▁sentence｜>...<｜Assistant｜><think>\\n`.
-    messages: system, user, assistant or tool dicts; an assistant dict may carry "tool_calls" (OpenAI's shape). The
-    generation prompt ends with `<think>\\n` (think_prefill; nothing without it), or with an empty closed thought
-    when `thinking` is off (DeepThink off); `forced` is text the answer must start with (after an empty thought); `prefix` is an assistant reply to continue: it replaces the prefill
-    unless it opens a thought itself. Tool definitions go into the system text (the template has no slot for them).
+    messages: system, user, assistant or tool dicts; an assistant dict may carry "tool_calls" (OpenAI's shape).
+    The generation prompt ends with `<think>\\n` (think_prefill; nothing without it), or with an empty closed
+    thought when `thinking` is off (DeepThink off). `forced` is text the answer must start with (after an empty
+    thought); `prefix` is an assistant reply to continue: it replaces the prefill unless it opens a thought
+    itself. Tool definitions go into the system text (the template has no slot for them).
     """
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in (*ROLES, "tool") or not isinstance(m.get("content"), str):
@@ -123,7 +124,8 @@ def render_r1(messages: Sequence[Message], add_generation_prompt: bool = True, t
     for m in messages:
         role = m["role"]
         if role == "tool":  # after tool outputs the model writes on directly, with no <｜Assistant｜> tag
-            out.append((f"\n{OUTPUT_BEGIN}" if in_outputs else OUTPUTS_BEGIN + OUTPUT_BEGIN) + m["content"] + OUTPUT_END)
+            opening = f"\n{OUTPUT_BEGIN}" if in_outputs else OUTPUTS_BEGIN + OUTPUT_BEGIN
+            out.append(opening + m["content"] + OUTPUT_END)
             in_outputs = True
             continue
         if role == "user":

@@ -58,9 +58,7 @@ class Rollout:
 def batch_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float, budget: int) -> torch.Tensor:
     """Log-probs [N, T-1] of the masked targets without gradients, in micro-batches of `budget` tokens (the old
     policy's and the reference's)."""
-    from r1kit.train.batching import micro_batches, row_lengths
-    from r1kit.train.logprobs import sequence_logprobs
-    from r1kit.train.precision import autocast
+    from r1kit.train.batching import row_lengths
 
     from r1kit.train import dist
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
 
 from r1kit.tokenizer import (CALL_BEGIN, CALL_END, CALLS_BEGIN, CALLS_END, CLOSED_THOUGHT, OUTPUT_BEGIN,  # noqa: F401
                              OUTPUT_END, OUTPUTS_BEGIN, OUTPUTS_END, SEP, THINK_CLOSE, THINK_OPEN, TOOL_TOKENS,

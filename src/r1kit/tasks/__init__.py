@@ -4,7 +4,8 @@
     task = get_task("countdown", split="train", n_numbers=3)
     ex = task[0]; task.prompt(ex); task.evaluate(ex, completion); task.worked_solution(ex)
 
-Built in: `arith`, `arith-mix` (bilingual, for the pipeline), `countdown` (generated, offline), `gsm8k`, `math`, `jsonl` (files), and the benchmark files
+Built in: `arith`, `arith-mix` (bilingual, for the pipeline), `countdown` (generated, offline), `gsm8k`, `math`,
+`jsonl` (files), and the benchmark files
 `math500`, `aime24`, `amc23`, `minerva_math`, `aime_1983_2023` shipped in `r1kit/data` (`data/` in the repository;
 $R1KIT_BENCHMARKS overrides).
 """

@@ -96,7 +96,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
     """Train `model` in place for cfg.steps steps of batches drawn (seeded) from `examples`; returns the losses."""
     from r1kit.engine.cpu import large_blocks_to_the_kernel
     from r1kit.model.deepseek import update_moe_bias
-    from r1kit.train.memory import check, configure_checkpointing
+    from r1kit.train.memory import big_pass, check, configure_checkpointing
 
     from r1kit.train import dist
 
@@ -119,7 +119,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
             bounds = [len(batch) * r // d.world for r in range(d.world + 1)]
             ids, mask = batch_tensors(batch[bounds[d.rank]:bounds[d.rank + 1]])
         opt.zero_grad(set_to_none=True)
-        with large_blocks_to_the_kernel():
+        with large_blocks_to_the_kernel() if big_pass(model, mask.numel()) else nullcontext():
             loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens, n_tok)
         loss = float(dist.all_sum(torch.tensor(loss, dtype=torch.float64)))
         dist.drop_unused_grads(model)

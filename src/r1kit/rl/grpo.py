@@ -127,11 +127,14 @@ def reference_logprobs(ref_model, cfg: GRPOConfig):
 
 def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,
                 ref_logprobs=None) -> dict:
-    """See _update; large freed blocks go straight back to the kernel meanwhile (engine.cpu)."""
+    """See _update. When the pass's activations run to gigabytes, large freed blocks go straight back to the kernel
+    meanwhile (engine.cpu; it costs ~8% in page faults, so small batches keep malloc's own reuse)."""
     from r1kit.engine.cpu import large_blocks_to_the_kernel
+    from r1kit.train.memory import big_pass
 
-    with large_blocks_to_the_kernel():
+    with large_blocks_to_the_kernel() if big_pass(policy, mask.numel()) else nullcontext():
         return _update(policy, opt, ids, mask, adv, cfg, ref_logprobs)
+
 
 
 def _update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,

@@ -123,6 +123,13 @@ def _lora_params(c, r: int) -> int:
     return c.n_layers * (attn + mlp)
 
 
+def big_pass(model, tokens: int) -> bool:
+    """Whether a training pass over `tokens` positions keeps more than 1 GiB of block inputs alone (then freed
+    activations are worth handing back to the kernel, engine.cpu.large_blocks_to_the_kernel)."""
+    c = getattr(model, "cfg", None) or model.model.cfg
+    return tokens * c.dim * c.n_layers * 4 > (1 << 30)
+
+
 def available_bytes(device: str = "cpu") -> float:
     """Free device memory: CUDA's free bytes, or on CPU MemAvailable (the smaller of it and a cgroup limit)."""
     if device == "cuda":

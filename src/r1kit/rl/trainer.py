@@ -43,8 +43,9 @@ def read_metrics(path: Path, upto: int) -> list[dict]:
     return rows
 
 
-def engine_for(model, tok, task, cfg: GRPOConfig, template: str, extra_rows: int = 0):
-    """An engine sized to a step: B*G rows (or more for evaluation) and the longest prompt plus the completion,
+def engine_for(model, tok, task, cfg: GRPOConfig, template: str, extra_rows: int = 0, world: int = 1):
+    """An engine sized to a step: this rank's B/world * G rows (or more for evaluation) and the longest prompt plus
+    the completion,
     estimated from the task's first prompts with room to spare; a small prefix cache (the group fan-out already
     shares each prompt's prefill)."""
     from r1kit.engine.engine import Engine
@@ -53,7 +54,7 @@ def engine_for(model, tok, task, cfg: GRPOConfig, template: str, extra_rows: int
     n = min(len(task), 256)
     longest = max(len(prompt_ids(tok, task, task[i], template)) for i in range(n)) if n else 64
     max_seq = min(model.cfg.max_seq_len, int(longest * 1.5) + 64 + cfg.max_new_tokens)
-    rows = max(cfg.prompts_per_step * cfg.group_size, extra_rows)
+    rows = max(cfg.prompts_per_step // world * cfg.group_size, extra_rows)
     return Engine(model, tok, max_batch=rows, max_seq_len=max_seq, prefix_cache_bytes=64 << 20)
 
 
@@ -115,7 +116,7 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
 
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    engine = engine_for(rollout_model, tok, task, cfg, template, eval_rows)
+    engine = engine_for(rollout_model, tok, task, cfg, template, eval_rows, d.world)
     start, extra = 0, dict(extra or {})
     resume_from = latest(out, log if d.main else (lambda *a: None))
     if resume_from is not None:

@@ -8,9 +8,10 @@ import random
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+
+from r1kit.tasks import benchmarks_dir
 import torch
 
 from r1kit.errors import R1kitError
@@ -32,7 +33,7 @@ from r1kit.eval import (
 from r1kit.eval.benchmarks import BENCHES, math_equivalent
 from r1kit.eval.samplers import _runs, parse_response
 
-CASES = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "verifier_cases.jsonl"
+CASES = benchmarks_dir() / "verifier_cases.jsonl"  # ships with r1kit (data/)
 
 
 @pytest.fixture(autouse=True)
@@ -112,8 +113,6 @@ def test_cons_clusters_equivalent_answers_through_the_verifier():
 
 
 def test_verifier_cases_through_the_harness():
-    if not CASES.is_file():
-        pytest.skip(f"{CASES} not present")
     rows = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
     texts = [f"Let me think about it.\n</think>\n\n{r['prediction']}" for r in rows]
     scores = score_math([r["gold"] for r in rows], texts)

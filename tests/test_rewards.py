@@ -3,7 +3,6 @@
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,9 +24,10 @@ from r1kit.rewards import (
     verifier_stats,
 )
 from r1kit.rewards.verifier import fast_equal, normalize_answer
+from r1kit.tasks import benchmarks_dir
 from r1kit.tokenizer import R1_EOS
 
-CASES = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "verifier_cases.jsonl"
+CASES = benchmarks_dir() / "verifier_cases.jsonl"  # ships with r1kit (data/)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Extraction (docs/EVAL.md "Scoring": no `</think>`, two, an empty thought, a box only in the thought, hedged boxes)
@@ -259,8 +259,6 @@ def test_verifier_cases_agreement():
     here: "3e5" in prose reads as 3; `1 - \\frac{1}{\\mathrm{e}}` parses as 1; a gold "1331 and 1728" without $ parses to 1728 only
     (r1kit wraps bare golds in $...$, which gives the set); gold 10 accepts \\boxed{10\\%}; no degree/radian conversion.
     """
-    if not CASES.is_file():
-        pytest.skip(f"{CASES} not present")
     rows = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
     got = get_verifier().verify_batch([r["gold"] for r in rows], [r["prediction"] for r in rows])
     disagree = [r["id"] for r, g in zip(rows, got) if int(g) != r["expected"]]

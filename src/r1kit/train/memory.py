@@ -87,7 +87,9 @@ def estimate(c, *, device: str = "cpu", micro_batch_tokens: int = 8192, checkpoi
     if beta and not lora_rank:
         parts["reference model"] = P * 4.0 / W  # with LoRA the reference is the base with adapters off
     if W > 1:
-        parts["unsharded layer (FSDP2)"] = P * act_b / max(c.n_layers, 1) * 2  # a block gathered, plus prefetch
+        # train.dist.gathered holds every block's full weights through an optimiser step's micro-batches (ranks run
+        # different numbers of them), so parameters are sharded at rest, not during the pass
+        parts["gathered weights (FSDP2, during a pass)"] = P * act_b
         rl = RLShape(max(1, rl.prompts // W), rl.group, rl.prompt_tokens, rl.new_tokens) if rl else None
     tokens = micro_batch_tokens
     if rl is not None:

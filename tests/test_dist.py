@@ -9,22 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1kit.checkpoint.hf import load_state_dict, save_model
-from r1kit.model import ModelConfig, Transformer
-from r1kit.tokenizer import Tokenizer
+from r1kit.checkpoint.hf import load_state_dict
 
 JOB = str(Path(__file__).with_name("dist_job.py"))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-moe")
-    tok = Tokenizer.builtin()
-    torch.manual_seed(0)
-    save_model(Transformer(ModelConfig.from_name("tiny-moe").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), folder)
-    tok.template = "r1-zero"
-    tok.save(folder)
-    return folder
+def ckpt(make_checkpoint):
+    return make_checkpoint("tiny-moe")
 
 
 def run(args, ranks: int = 1):

@@ -8,21 +8,14 @@ import shutil
 import pytest
 import torch
 
-from r1kit.checkpoint.hf import load_state_dict, save_model
+from r1kit.checkpoint.hf import load_state_dict
 from r1kit.errors import R1kitError
-from r1kit.model import ModelConfig, Transformer
 from r1kit.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer.builtin()
-    torch.manual_seed(0)
-    save_model(Transformer(ModelConfig.from_name("tiny").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), folder)
-    tok.template = "r1-zero"
-    tok.save(folder)
-    return folder
+def ckpt(make_checkpoint):
+    return make_checkpoint("tiny")
 
 
 def train(ckpt, out, steps, logs=None):

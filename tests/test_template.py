@@ -3,26 +3,17 @@ flag still wins)."""
 import json
 
 import pytest
-import torch
 
-from r1kit.checkpoint.hf import save_model
 from r1kit.engine.engine import Engine
-from r1kit.model import ModelConfig, Transformer
 from r1kit.tokenizer import Tokenizer, render_r1_zero
 
 QUESTION = "What is 2+3?"
 
 
 @pytest.fixture
-def zero_ckpt(tmp_path):
+def zero_ckpt(make_checkpoint):
     """A tiny checkpoint trained (as far as its files say) for the R1-Zero prompt."""
-    folder = tmp_path / "zero-ckpt"
-    torch.manual_seed(0)
-    tok = Tokenizer.builtin()
-    save_model(Transformer(ModelConfig.from_name("tiny").replace(bos_id=tok.bos_id, eos_id=tok.eos_id)), folder)
-    tok.template = "r1-zero"
-    tok.save(folder)
-    return folder
+    return make_checkpoint("tiny", "r1-zero")
 
 
 def r1_zero_ids(tok, question=QUESTION):

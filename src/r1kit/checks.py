@@ -53,19 +53,15 @@ def typed(value, tp, where: str):
         if not isinstance(value, bool):
             raise R1kitError(f"{where}: expected true or false, got {value!r}")
         return value
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            value = tp(value)
+        except ValueError:
+            what = "a non-negative integer" if tp is int else "a number"
+            raise R1kitError(f"{where}: expected {what}, got {value!r}") from None
     if tp is int:
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise R1kitError(f"{where}: expected a non-negative integer, got {value!r}") from None
         return count(value, where)
     if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise R1kitError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise R1kitError(f"{where}: expected a finite number, got {value!r}")
         return float(value)

@@ -224,21 +224,25 @@ class ChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class _UsageWhenGiven(BaseModel):
+    """OpenAI sends "usage" in a streamed response only in its last chunk (stream_options.include_usage)."""
+    usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_when_given(self, handler):
+        out = handler(self)
+        if "usage" not in self.model_fields_set:
+            out.pop("usage", None)
+        return out
+
+
+class ChatCompletionChunk(_UsageWhenGiven):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     system_fingerprint: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _usage_when_given(self, handler):  # OpenAI sends "usage" only in the last chunk (include_usage)
-        out = handler(self)
-        if "usage" not in self.model_fields_set:
-            out.pop("usage", None)
-        return out
 
 
 class CompletionChoice(BaseModel):
@@ -248,21 +252,13 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
-class Completion(BaseModel):
+class Completion(_UsageWhenGiven):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _usage_when_given(self, handler):  # a stream chunk has no usage unless it is the include_usage one
-        out = handler(self)
-        if "usage" not in self.model_fields_set:
-            out.pop("usage", None)
-        return out
 
 
 class ModelCard(BaseModel):

@@ -136,7 +136,6 @@ def grpo_update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.T
         return _update(policy, opt, ids, mask, adv, cfg, ref_logprobs)
 
 
-
 def _update(policy, opt, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig,
             ref_logprobs=None) -> dict:
     """The optimisation half of a GRPO step on one rollout batch: mu epochs x mini_batches optimiser steps, each

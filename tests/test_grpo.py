@@ -191,3 +191,29 @@ def test_sft_micro_batches_give_the_whole_batch_gradient(ckpt):
     got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     assert abs(loss - ref.item()) < 1e-5
     assert _rel(got, want) <= 1e-5
+
+
+def test_sft_trains_the_mtp_modules_exactly_in_micro_batches():
+    """With mtp_weight the SFT loss adds the MTP modules' loss (DeepSeek-V3's lambda): micro-batched, with the
+    shared-prefix forward, it equals the model's own `mtp_weight` loss and gradient, and reaches the MTP weights."""
+    from r1kit.sft import accumulate_grads, batch_tensors
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny-moe")).train()
+    assert model.cfg.n_mtp
+    g = torch.Generator().manual_seed(4)
+    prefix = torch.randint(0, 120, (20,), generator=g).tolist()  # shared by every row: the prefix runs once
+    batch = []
+    for n in (9, 14, 6, 11):
+        batch.append((prefix + torch.randint(0, 120, (n,), generator=g).tolist(), [0] * 20 + [1] * n))
+    ids, mask = batch_tensors(batch)
+    tgt = torch.where(mask.bool(), ids[:, 1:], -100)
+    ref = model(ids[:, :-1], tgt, mtp_weight=0.3)
+    ref.backward()
+    want = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "mtp" in n)
+    model.zero_grad(set_to_none=True)
+    loss = accumulate_grads(model, ids, mask, budget=64, mtp_weight=0.3)
+    got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    assert abs(loss - ref.item()) < 1e-5
+    assert _rel(got, want) <= 1e-5

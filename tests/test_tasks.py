@@ -339,3 +339,59 @@ def test_countdown_restating_the_question_scores_zero_everywhere():
     assert REWARDS["countdown"]([unfinished], ["(8*3)-4"], template="r1") == [0.0]
     done = "<think>8*3=24 24-4=20</think> <answer>8*3-4</answer>"
     assert REWARDS["countdown"]([done, done], ["(8*3)-4"] * 2, truncated=[False, True]) == [1.0, 0.0]
+
+
+def test_revised_solutions_slip_fix_confirm_placebo():
+    import random
+
+    task = ArithTask(n_terms=(2, 8), ops="+", size=60)
+    rng = random.Random(0)
+    for ex in task:
+        right = task.worked_solution(ex)
+        sols = {r: task.revised_solution(ex, r, random.Random(rng.random())) for r in
+                ("slip", "fix", "confirm", "placebo")}
+        assert task.evaluate(ex, sols["slip"]) == 0.0 and "wait" not in sols["slip"]
+        assert task.evaluate(ex, sols["placebo"]) == 0.0 and sols["placebo"].count("wait, ") == 1
+        for r in ("fix", "confirm"):
+            assert task.evaluate(ex, sols[r]) == 1.0 and sols[r].count("wait, ") == 1
+            assert sols[r].replace("<think>", "").split(" wait, ")[0] != right  # the check sits inside the thought
+    # a fix redoes the slipped step right; a placebo restates the slipped step
+    ex = task[0]
+    fix = task.revised_solution(ex, "fix", random.Random(1))
+    placebo = task.revised_solution(ex, "placebo", random.Random(1))
+    bad, redo = fix.split(" wait, ")[0].split()[-1].removeprefix("<think>"), fix.split(" wait, ")[1].split()[0]
+    assert bad.split("=")[0] == redo.split("=")[0] and bad != redo and redo in ex.meta["steps"]
+    assert placebo.split(" wait, ")[1].split()[0] == bad
+    with pytest.raises(R1kitError, match="revision"):
+        task.revised_solution(ex, "maybe", random.Random(0))
+
+
+def test_base_corpus_behaviours_come_from_the_mix_alone():
+    """No loss-mask surgery: every completion token is trained; the kinds match the configured shares; bare answers
+    are the gold (not planted guesses)."""
+    from collections import Counter
+
+    from r1kit.pipeline.base import BaseStageConfig, build_corpus, corpus_texts
+    from r1kit.tokenizer import Tokenizer
+
+    cfg = BaseStageConfig(task="arith", task_kw={"n_terms": (2, 8), "ops": "+"}, worked_frac=0.2, slip_frac=0.15,
+                          check_frac=0.15, chat_frac=0.0, steps=100, batch_size=32)
+    task = get_task("arith", "train", **cfg.task_kw)
+    docs = corpus_texts(task, cfg)
+    kinds = Counter(k for _, _, k in docs)
+    n = len(docs)
+    assert abs(kinds["bare"] / n - 0.8) < 0.03
+    assert (kinds["fix"] + kinds["confirm"]) / n <= 0.05 and kinds["fix"] > 0 and kinds["confirm"] > 0
+    assert kinds["placebo"] == 0
+    bare = [(p, c) for p, c, k in docs if k == "bare"]
+    answers = {p: c for p, c in bare}
+    exs = {task.prompt(ex, template="r1-zero"): ex for ex in task[:2000]}
+    checked = [(exs[p], c) for p, c in answers.items() if p in exs]
+    assert checked and all(task.evaluate(ex, c) == 1.0 for ex, c in checked)
+    tok, examples, _ = build_corpus(task, BaseStageConfig(**{**cfg.__dict__, "steps": 5}), Tokenizer.train_bpe)
+    for ids, mask in examples:  # the loss covers the whole completion: a prompt block of 0s, then only 1s
+        first = mask.index(1)
+        assert all(mask[first:]) and not any(mask[:first])
+    placebo = corpus_texts(task, BaseStageConfig(**{**cfg.__dict__, "placebo": True}))
+    pk = Counter(k for _, _, k in placebo)
+    assert pk["fix"] == 0 and pk["placebo"] > 0

@@ -28,8 +28,8 @@ def test_run_folder_and_resume_after_kill(tmp_path):
     p = zero(tmp_path, a)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
-    for name in ["metrics.jsonl", "report.md", "summary.json", "run.json", "response_length.png",
-                 "reflection_rate.png", "heldout_accuracy.png", "checkpoint-000004/model.safetensors",
+    for name in ["metrics.jsonl", "report.md", "summary.json", "run.json", "training_curves.png",
+                 "heldout_curves.png", "samples.jsonl", "checkpoint-000004/model.safetensors",
                  "checkpoint-000004/config.json", "checkpoint-000004/trainer_state.pt",
                  "checkpoint-000004/tokenizer.json"]:
         assert (a / name).exists(), name
@@ -42,7 +42,12 @@ def test_run_folder_and_resume_after_kill(tmp_path):
                 "step_time"]:
         assert key in rows[0], key
     report = (a / "report.md").read_text()
-    assert "| pass@1 |" in report and "mean response length" in report
+    assert "| pass@1 |" in report and "mean response length" in report and "| thought + reflection |" in report
+    samples = [json.loads(line) for line in (a / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["step"] for s in samples}) == [0, 4]  # the base, then every eval point (--eval-every 5: the end)
+    assert {s["question"] for s in samples if s["step"] == 0} == {s["question"] for s in samples if s["step"] == 4}
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["length_growth"]["points"] == 2
 
     # the same run, killed with SIGKILL once step 2 is checkpointed, then resumed
     p = zero(tmp_path, b)

@@ -32,6 +32,7 @@ class SFTConfig:
     moe_gamma: float = 1e-3  # aux-loss-free bias speed for MoE models (0 disables)
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward (0 = the whole batch at once)
     grad_checkpointing: str = "auto"  # on | off | auto
+    mtp_weight: float = 0.0  # + this times the MTP modules' loss, for models that have them (DeepSeek-V3's lambda)
 
 
 def cosine_lr(step: int, cfg: SFTConfig) -> float:
@@ -64,9 +65,11 @@ def batch_tensors(batch: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, 
 
 
 def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
-                     n_tokens: torch.Tensor | None = None) -> float:
+                     n_tokens: torch.Tensor | None = None, mtp_weight: float = 0.0) -> float:
     """Backward of the mean -log p over the batch's masked targets, micro-batch by micro-batch; returns the loss.
-    n_tokens: the whole batch's target count when these rows are one rank's share of it."""
+    n_tokens: the whole batch's target count when these rows are one rank's share of it. mtp_weight: adds that
+    times the MTP modules' summed cross-entropy over (depths x the same count), so micro-batches stay exact."""
+    from r1kit.model.deepseek import prenorm_states
     from r1kit.model.model import uncounted
     from r1kit.train import dist
     from r1kit.train.batching import micro_batches, row_lengths
@@ -76,6 +79,7 @@ def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
     n_tok = (mask.sum() if n_tokens is None else n_tokens).clamp(min=1)  # the whole batch's, fixed before the loop
     dev = model.lm_head.weight.device
     lengths = row_lengths(mask)
+    mtp = bool(mtp_weight and getattr(model, "mtp", None))
     total = 0.0
     parts = micro_batches(lengths.tolist(), budget)
     with dist.gathered(model):
@@ -83,12 +87,27 @@ def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
             pad = i >= len(parts)  # this rank is out of rows: a pass that adds zero, for the collectives
             r = torch.tensor(parts[0] if pad else parts[i])
             T = int(lengths[r].max())
-            with autocast(model), (uncounted() if pad else nullcontext()):
-                logp, _ = sequence_logprobs(model, ids[r, :T].to(dev), mask[r, :T - 1].to(dev))
-            loss = -logp.sum() / n_tok.to(dev) * (0.0 if pad else 1.0)
+            x, m = ids[r, :T].to(dev), mask[r, :T - 1].to(dev)
+            with autocast(model), (uncounted() if pad else nullcontext()), \
+                    (prenorm_states(model) if mtp else nullcontext([])) as hs:
+                logp, _ = sequence_logprobs(model, x, m)
+                loss = -logp.sum()
+                if mtp:
+                    loss = loss + mtp_weight * _mtp_sum(model, hs, x, m) / len(model.mtp)
+            loss = loss / n_tok.to(dev) * (0.0 if pad else 1.0)
             loss.backward()
             total += loss.item()
     return total
+
+
+def _mtp_sum(model, hs: list, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed MTP cross-entropy over the targets `mask` (N, T-1) marks, from the pre-norm states of the forward."""
+    from r1kit.model.deepseek import mtp_loss
+
+    h = torch.cat([x.expand(ids.shape[0], -1, -1) for x in hs], dim=1)  # a shared prefix ran at batch 1
+    x = ids[:, :-1]
+    targets = torch.where(mask.bool(), ids[:, 1:], -100)
+    return mtp_loss(model, h, x, targets, model.rope(torch.arange(x.shape[1], device=x.device), h.dtype), "sum")
 
 
 def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, dict], None] | None = None,
@@ -120,7 +139,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
             ids, mask = batch_tensors(batch[bounds[d.rank]:bounds[d.rank + 1]])
         opt.zero_grad(set_to_none=True)
         with large_blocks_to_the_kernel() if big_pass(model, mask.numel()) else nullcontext():
-            loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens, n_tok)
+            loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens, n_tok, cfg.mtp_weight)
         loss = float(dist.all_sum(torch.tensor(loss, dtype=torch.float64)))
         dist.drop_unused_grads(model)
         if cfg.grad_clip:

@@ -81,9 +81,12 @@ def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig
     samples = sample(model, tok, task, mine, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
                      cfg.seed, engine=engine, first=bounds[d.rank]) if mine else []
     fmt = format_r1_ok if template == "r1" else format_ok
-    rows = [(float(scorer.evaluate(s.example, s.text)), s.tokens, float(fmt(s.text)), reflection_rate(s.text),
-             language_consistency(chain_of_thought(s.text), s.example.meta.get("lang") or "en"), s.truncated,
-             s.text) for s in samples]
+    rows = []
+    for s in samples:
+        thought = chain_of_thought(s.text, template)
+        rows.append((float(scorer.evaluate(s.example, s.text)), s.tokens, float(fmt(s.text)), reflection_rate(s.text),
+                     language_consistency(thought, s.example.meta.get("lang") or "en"), s.truncated, s.text,
+                     bool(thought.strip()), s.example.question))
     if d.on:
         import torch.distributed as td
         parts = [None] * d.world
@@ -94,7 +97,18 @@ def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig
     scored = [r[4] for r in rows if r[4] is not None]
     return {"pass@1": mean(0), "length": mean(1), "format": mean(2), "reflection_rate": mean(3),
             "lang_consistency": sum(scored) / len(scored) if scored else float("nan"), "truncated": mean(5),
-            "template": template, "sample": rows[0][6]}
+            "template": template, "sample": rows[0][6], "split": _split(rows),
+            # the first sample of the first problems: the same questions at every evaluation of a run
+            "samples": [{"question": r[8], "completion": r[6], "correct": bool(r[0])} for r in rows[::cfg.k][:4]]}
+
+
+def _split(rows) -> dict:
+    """Accuracy by behaviour: responses without a thought, thoughts without reflective words, thoughts with some."""
+    groups = {"no thought": [], "thought": [], "thought + reflection": []}
+    for r in rows:
+        groups["no thought" if not r[7] else "thought + reflection" if r[3] else "thought"].append(r[0])
+    return {k: {"share": len(v) / max(len(rows), 1), "pass@1": sum(v) / len(v) if v else None}
+            for k, v in groups.items()}
 
 
 def evaluate_model(model, tok, template: str, cfg: EvalConfig) -> dict:

@@ -9,6 +9,8 @@ Formulas and constants: docs/ARCHITECTURE.md sections 3 (MLA), 4 (routing, balan
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -306,12 +308,14 @@ class MTP(Block):
         return super().forward(x, rope, None, attn_mask)
 
 
-def mtp_loss(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor, rope) -> torch.Tensor:
+def mtp_loss(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor, rope,
+             reduction: str = "mean") -> torch.Tensor:
     """Mean over MTP depths of the cross-entropy of module k (0-based) predicting the token k+2 places ahead.
 
     h (B, T, D): main-model hidden states before the final norm (the h^0 model.py passes); ids (B, T);
     targets (B, T) next-token targets with -100 = ignore, so module k's targets are targets[:, k+1:]. Each depth
-    drops one trailing position (paper 2.2: h^k covers 1..T-k). rope: the main model's (cos, sin) for 0..T-1."""
+    drops one trailing position (paper 2.2: h^k covers 1..T-k). rope: the main model's (cos, sin) for 0..T-1. reduction="sum": the sum over depths and targets instead
+    (micro-batched training divides by the whole batch's count)."""
     cos, sin = rope
     T, losses = ids.shape[1], []
     for k, mod in enumerate(model.mtp):
@@ -320,5 +324,18 @@ def mtp_loss(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, targets: torc
             break
         h = mod(h[:, :n], model.embed_tokens(ids[:, k + 1:]), (cos[..., :n, :], sin[..., :n, :]))
         logits = model.lm_head(mod.shared_head.norm(h))  # (B, n, V)
-        losses.append(F.cross_entropy(logits.float().flatten(0, 1), targets[:, k + 1:].flatten(), ignore_index=-100))
-    return torch.stack(losses).mean()
+        losses.append(F.cross_entropy(logits.float().flatten(0, 1), targets[:, k + 1:].flatten(), ignore_index=-100,
+                                      reduction=reduction))
+    return torch.stack(losses).sum() if reduction == "sum" else torch.stack(losses).mean()
+
+
+@contextmanager
+def prenorm_states(model: nn.Module):
+    """Collect the hidden states entering the final norm (the h^0 MTP starts from) during forwards inside the
+    block -> a list of (B, T_i, D) tensors, one per model call (a shared-prefix forward makes two)."""
+    seen: list[torch.Tensor] = []
+    handle = model.norm.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()

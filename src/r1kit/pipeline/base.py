@@ -1,20 +1,27 @@
-"""Stage `base`: pretrain the tiny base model on a synthetic corpus (or reuse an identical one from the cache).
+"""The tiny base model: pretrained on a synthetic corpus of a task (or reused from the cache). `r1kit zero` (the demo)
+and the pipeline's `base` stage both build their base here.
 
-The corpus follows zero.build_base (R1-Zero-template documents of a task; most solutions worked step by step, bare
-answers being hasty guesses; the loss on the "choice" token is kept on only enough worked documents to make the
-learnt prior to think `choose_frac`), with two additions the later R1 stages need:
+The corpus is a mix of document kinds, and the base's behaviours come from that mix alone (every token of every
+completion is trained):
 
+- `worked_frac` of the solutions think step by step in <think> (the task's scratchpad), the rest give the answer at
+  once after an empty thought. Bare answers are the gold, so the base learns to compute it "in its head": right on
+  easy questions, often wrong on long ones. How often the base chooses to think is then about `worked_frac`.
+- Worked solutions are imperfect, as people's are: `slip_frac` of them carry a slip (a step off by a little, so a
+  wrong answer), and `check_frac` of them hold one "wait, ..." check step: half redo a slipped step right, half
+  re-check a right one (tasks.synthetic.ArithTask.revised_solution). With `placebo` the checks never fix anything:
+  a checked slip is restated and carried on, the control for "reflection rises because it pays".
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
   answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. Without them a tiny base cannot
-  copy operands out of a chat prompt after a few hundred cold-start examples. The thought is the same mixed-language
-  scratchpad and the answer is a bare number, so the readable pattern (a summary with a boxed answer) is still
-  something cold-start SFT has to teach.
-- the BPE tokenizer is trained on the corpus plus the fixed strings later stages write (the R1 summary line, the
+  copy operands out of a chat prompt after a few hundred cold-start examples. The thought is the same scratchpad and
+  the answer a bare number, so the readable pattern (a summary with a boxed answer) is still cold-start SFT's job.
+- The BPE tokenizer is trained on the corpus plus the fixed strings later stages write (the R1 summary line, the
   built-in chats), so Han characters and `\\boxed` get tokens of their own rather than raw bytes.
 
-With task `arith-mix` the worked scratchpads mix English into Chinese, so the base mixes languages. The same stage
-with `preset: tiny` (or tiny-qwen2) builds a dense student base from the same documents: the tokenizer is the same.
-Bases are cached in `.cache/r1kit/pipeline-base-<hash of the config>`.
+MoE presets train their multi-token-prediction modules too (`mtp_weight`, DeepSeek-V3's lambda). With task
+`arith-mix` the worked scratchpads mix English into Chinese, so the base mixes languages. The same builder with
+`preset: tiny` (or tiny-qwen2) makes a dense student base from the same documents: the tokenizer is the same.
+Bases are cached in `.cache/r1kit/base-<hash of the config>`.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,13 +47,15 @@ class BaseStageConfig:
     task_kw: dict = field(default_factory=dict)
     preset: str = "tiny-moe"  # any ModelConfig preset: tiny-moe (teacher), tiny / tiny-qwen2 (dense students)
     vocab_size: int = 512  # BPE trained on the corpus
-    worked_frac: float = 0.7  # share of solutions that think step by step
-    choose_frac: float = 0.2  # learnt prior to think on R1-Zero prompts
-    bare_guess: bool = True  # bare answers are quick guesses, usually wrong
+    worked_frac: float = 0.2  # share of solutions that think step by step; the rest answer at once
+    slip_frac: float = 0.0  # share of worked solutions with an uncaught slip (a wrong answer)
+    check_frac: float = 0.0  # share of worked solutions with one "wait, ..." check (half fix a slip)
+    placebo: bool = False  # checks restate a slip instead of fixing it
     chat_frac: float = 0.3  # share of documents in the R1 chat template (always worked, bare answer)
     steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
     batch_size: int = 32
     lr: float = 3e-3
+    mtp_weight: float = 0.3  # MTP loss weight for presets with MTP modules (DeepSeek-V3 uses 0.3, then 0.1)
     seed: int = 0
     cache: bool = True  # reuse an identical base from .cache/r1kit
 
@@ -54,6 +64,11 @@ class BaseStageConfig:
 
         if self.preset not in PRESETS:  # checked with the recipe, not when the stage starts
             raise R1kitError(f"preset: unknown preset {self.preset!r} (presets: {', '.join(sorted(PRESETS))})")
+        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise R1kitError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.slip_frac + self.check_frac > 1:
+            raise R1kitError("slip_frac + check_frac must be at most 1")
 
 
 def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
@@ -65,38 +80,44 @@ def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
     return [p + c for p, c in docs] + fixed * 20
 
 
-def build_corpus(task, cfg: BaseStageConfig, tok_factory) -> tuple[object, list]:
-    """-> (tokenizer, [(ids, loss_mask)]) for steps * batch_size documents."""
+def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
+    """-> steps * batch_size documents (prompt text, completion text, kind), kind one of chat, worked, slip, fix,
+    confirm, placebo, bare."""
     from r1kit.tokenizer import render_r1
 
     rng = random.Random(cfg.seed)
-    raw = []  # (prompt text, completion text, kind, example)
+    docs = []
     for _ in range(cfg.steps * cfg.batch_size):
         ex = task[rng.randrange(len(task))]
         if rng.random() < cfg.chat_frac:
             prompt = render_r1([{"role": "user", "content": ex.question}])  # ends in "<think>\n"
-            raw.append((prompt, f"{ex.meta['scratchpad']}\n</think>\n\n{ex.answer}", "chat", ex))
+            docs.append((prompt, f"{ex.meta['scratchpad']}\n</think>\n\n{ex.answer}", "chat"))
+            continue
+        if rng.random() >= cfg.worked_frac:
+            kind, completion = "bare", task.bare_solution(ex)
         else:
-            worked = rng.random() < cfg.worked_frac
-            completion = task.worked_solution(ex) if worked else task.bare_solution(ex, guess=cfg.bare_guess)
-            raw.append((task.prompt(ex, template="r1-zero"), " " + completion.lstrip(),
-                        "worked" if worked else "bare", ex))
-    tok = tok_factory(tokenizer_texts([(p, c) for p, c, _, _ in raw[:4000]]), cfg.vocab_size)
-    # the choice token (first where worked and bare completions differ) keeps its loss on all bare documents and on
-    # enough worked ones that the learnt prior to think is choose_frac (zero.build_base)
-    w = cfg.worked_frac
-    keep_choice = cfg.choose_frac * (1 - w) / (w * (1 - cfg.choose_frac)) if 0 < w < 1 else 1.0
+            u = rng.random()
+            if u < cfg.slip_frac:
+                kind = "slip"
+            elif u < cfg.slip_frac + cfg.check_frac:
+                kind = "confirm" if rng.random() < 0.5 else "placebo" if cfg.placebo else "fix"
+            else:
+                kind = "worked"
+            completion = task.worked_solution(ex) if kind == "worked" else task.revised_solution(ex, kind, rng)
+        docs.append((task.prompt(ex, template="r1-zero"), " " + completion.lstrip(), kind))
+    return docs
+
+
+def build_corpus(task, cfg: BaseStageConfig, tok_factory) -> tuple[object, list, list[str]]:
+    """-> (tokenizer, [(ids, loss_mask)], kinds): the loss is on every completion token."""
+    docs = corpus_texts(task, cfg)
+    tok = tok_factory(tokenizer_texts([(p, c) for p, c, _ in docs[:4000]]), cfg.vocab_size)
     examples = []
-    for p, c, kind, ex in raw:
+    for p, c, kind in docs:
         pi = tok.encode(p) if kind == "chat" else tok.encode(p, add_bos=True)
         ci = tok.encode(c) + [tok.eos_id]
-        mask = [0] * len(pi) + [1] * len(ci)
-        if kind == "worked" and rng.random() > keep_choice:
-            bare = tok.encode(" " + task.bare_solution(ex, guess=cfg.bare_guess).lstrip())
-            choice = next(i for i, (a, b) in enumerate(zip(ci, bare)) if a != b)
-            mask[len(pi) + choice] = 0
-        examples.append((pi + ci, mask))
-    return tok, examples
+        examples.append((pi + ci, [0] * len(pi) + [1] * len(ci)))
+    return tok, examples, [k for _, _, k in docs]
 
 
 def build_base(cfg: BaseStageConfig, log=print):
@@ -108,29 +129,32 @@ def build_base(cfg: BaseStageConfig, log=print):
     from r1kit.tokenizer import Tokenizer
 
     key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg) | {"cache": None}, sort_keys=True).encode())
-    folder = CACHE / f"pipeline-base-{key.hexdigest()[:12]}"
+    folder = CACHE / f"base-{key.hexdigest()[:12]}"
     if cfg.cache and (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
         log(f"  reusing the cached base {folder}")
         return load_model(folder), Tokenizer.from_file(folder)
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task, "train", **cfg.task_kw)
-    tok, examples = build_corpus(task, cfg, Tokenizer.train_bpe)
+    tok, examples, kinds = build_corpus(task, cfg, Tokenizer.train_bpe)
+    tok.template = "r1-zero"  # saved with the base: every command then prompts it the way it was trained
     mcfg = ModelConfig.from_name(cfg.preset).replace(vocab_size=tok.vocab_size, bos_id=tok.bos_id,
                                                      eos_id=tok.eos_id)
     model = Transformer(mcfg)
-    log(f"  pretraining {cfg.preset} ({model.num_params():,} parameters) on {len(examples):,} documents "
-        f"({cfg.chat_frac:.0%} chat-template)")
+    mix = ", ".join(f"{k} {n / len(kinds):.1%}" for k, n in sorted(Counter(kinds).items(), key=lambda kv: -kv[1]))
+    log(f"  pretraining {cfg.preset} ({model.num_params():,} parameters) on {len(examples):,} documents: {mix}")
     t0 = time.time()
 
     def show(step, st):
-        if (step + 1) % 200 == 0:
+        if (step + 1) % 250 == 0:
             log(f"  pretrain step {step + 1}/{cfg.steps} loss {st['loss']:.3f}")
 
     train(model, examples, SFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=50,
-                                     seed=cfg.seed), log=show)
+                                     seed=cfg.seed, mtp_weight=cfg.mtp_weight), log=show)
     if cfg.cache:
         save_model(model, folder)
         tok.save(folder)
+        (folder / "corpus.json").write_text(json.dumps({"config": dataclasses.asdict(cfg),
+                                                        "kinds": dict(Counter(kinds))}, indent=2))
     log(f"  base pretrained in {time.time() - t0:.0f}s")
     return model, tok
 

@@ -66,7 +66,8 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
     """GRPO for cfg.steps steps, resuming from the newest checkpoint in `out`.
 
     pick(rng, n) -> n examples for a step; reward_for_step(step) -> reward_fn; evaluate(step, engine) -> dict of
-    figures merged into that step's row every `eval_every` steps and at the last step. setup(engine, resumed)
+    figures merged into that step's row every `eval_every` steps and at the last step (keys "text/NAME" go to
+    TensorBoard as text only). setup(engine, resumed)
     -> dict runs once before the first step of a fresh run (a before-training evaluation) and is stored as `extra`.
     """
     from r1kit.errors import R1kitError
@@ -146,6 +147,7 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
                 refresh_rollout_model()
                 stats |= evaluate(step, engine)
+            texts = {k: stats.pop(k) for k in [k for k in stats if k.startswith("text/")]}  # TensorBoard only
             stats["step"] = step
             rows.append(stats)
             mf.write(json.dumps(stats) + "\n")
@@ -154,6 +156,8 @@ def train(policy, tok, task, cfg: GRPOConfig, out: Path, *, template: str,
                 for k, v in stats.items():
                     if isinstance(v, (int, float)) and k != "step":
                         writer.add_scalar(k, v, step)
+                for k, v in texts.items():
+                    writer.add_text(k[len("text/"):], v, step)
             line = f"reward {stats['reward']:.2f} acc {stats['accuracy']:.2f} len {stats['length_mean']:.0f}"
             if bar is not None:
                 bar[0].update(bar[1], completed=step, info=line)

@@ -90,25 +90,31 @@ class SyntheticTask(Task):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def arith_steps(numbers: list[int], ops: list[str]) -> tuple[list[str], int]:
+def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None = None) -> tuple[list[str], int]:
     """Evaluate with the usual precedence, one operation per step: all `*` left to right, then `+ -` left to right.
+    slip=(k, delta): step k's result is written off by delta and carried on (a slip in a worked solution).
 
     >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"])
     (['5*2=10', '3+10=13', '13-4=9'], 9)
+    >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"], slip=(1, 2))
+    (['5*2=10', '3+10=15', '15-4=11'], 11)
     """
     nums, ops = list(numbers), list(ops)
     steps = []
+
+    def write(a, op, b, c):
+        if slip is not None and len(steps) == slip[0]:
+            c += slip[1]
+        steps.append(f"{a}{op}{b}={c}")
+        return c
+
     while "*" in ops:
         k = ops.index("*")
-        c = nums[k] * nums[k + 1]
-        steps.append(f"{nums[k]}*{nums[k + 1]}={c}")
-        nums[k : k + 2] = [c]
+        nums[k : k + 2] = [write(nums[k], "*", nums[k + 1], nums[k] * nums[k + 1])]
         del ops[k]
     while ops:
         a, b, op = nums[0], nums[1], ops.pop(0)
-        c = a + b if op == "+" else a - b
-        steps.append(f"{a}{op}{b}={c}")
-        nums[0:2] = [c]
+        nums[0:2] = [write(a, op, b, a + b if op == "+" else a - b)]
     return steps, nums[0]
 
 
@@ -159,6 +165,34 @@ class ArithTask(SyntheticTask):
             scratchpad = first.format(steps[0]) + "".join(then.format(s) for s in steps[1:]) + end
         return Example(question, str(value), {"expr": expr, "numbers": numbers, "ops": ops, "steps": steps,
                                               "scratchpad": scratchpad})
+
+    def revised_solution(self, example: Example, revision: str, rng, template: str = "r1-zero") -> str:
+        """A worked solution with one imperfection at a random step k, as a corpus of human solutions has:
+
+            slip     step k's result is off by 1-3 and carried on: a wrong answer
+            fix      the same slip, then "wait, " and step k redone right, carried on: the gold answer
+            confirm  step k right, then "wait, " and the same step again: the gold answer
+            placebo  the slip, then "wait, " and the same wrong step again, carried on: a wrong answer (a check
+                     that never fixes anything; the control for "reflection rises because it pays")
+        """
+        if self.lang is not None:
+            raise R1kitError("arith: revised solutions are written for symbolic scratchpads (lang None)")
+        nums, ops = example.meta["numbers"], example.meta["ops"]
+        right, _ = arith_steps(nums, ops)
+        k = rng.randrange(len(right))
+        delta = rng.choice((-1, 1)) * rng.randint(1, 3)
+        slipped, wrong = arith_steps(nums, ops, slip=(k, delta))
+        if revision == "slip":
+            steps, answer = slipped, wrong
+        elif revision == "fix":
+            steps, answer = slipped[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
+        elif revision == "confirm":
+            steps, answer = right[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
+        elif revision == "placebo":
+            steps, answer = slipped[:k + 1] + [f"wait, {slipped[k]}"] + slipped[k + 1:], wrong
+        else:
+            raise R1kitError(f"arith: unknown revision {revision!r}; expected slip, fix, confirm or placebo")
+        return _completion(" ".join(steps), str(answer), template, self.lang)
 
     def guess(self, example: Example) -> str:
         # The classic mistake: evaluate left to right, ignoring precedence; else off by a little.

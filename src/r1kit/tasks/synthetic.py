@@ -90,8 +90,10 @@ class SyntheticTask(Task):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None = None) -> tuple[list[str], int]:
-    """Evaluate with the usual precedence, one operation per step: all `*` left to right, then `+ -` left to right.
+def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None = None,
+                nested: bool = False) -> tuple[list[str], int]:
+    """Evaluate with the usual precedence, one operation per step: all `*` left to right, then `+ -` left to right
+    (nested=True: strictly left to right, as the parenthesised "((3+5)*2)-4" reads).
     slip=(k, delta): step k's result is written off by delta and carried on (a slip in a worked solution).
 
     >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"])
@@ -108,13 +110,13 @@ def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None
         steps.append(f"{a}{op}{b}={c}")
         return c
 
-    while "*" in ops:
+    while "*" in ops and not nested:
         k = ops.index("*")
         nums[k : k + 2] = [write(nums[k], "*", nums[k + 1], nums[k] * nums[k + 1])]
         del ops[k]
     while ops:
         a, b, op = nums[0], nums[1], ops.pop(0)
-        nums[0:2] = [write(a, op, b, a + b if op == "+" else a - b)]
+        nums[0:2] = [write(a, op, b, a * b if op == "*" else a + b if op == "+" else a - b)]
     return steps, nums[0]
 
 
@@ -132,6 +134,11 @@ class ArithTask(SyntheticTask):
         n_terms: operand count, an int or a (low, high) range (>= 2).
         max_operand: operands are drawn from 1..max_operand.
         ops: operators to draw from (subset of "+-*").
+        nested: questions are parenthesised left to right ("((3+5)*2)-4"), so the scratchpad folds one operation at a
+            time onto the running value; with `*` its value is a polynomial of the operands, which a small model
+            cannot evaluate in one pass as it can a plain sum.
+        max_value: if set, questions whose steps reach a value beyond +-max_value are not drawn (keeps products
+            of long chains small enough for a tiny model's scratchpad).
         lang: None (symbolic question and scratchpad, no words: best for a tiny model), "en" or "zh" (question and
             scratchpad in words, for the language-consistency stage; needs a tokenizer that covers the script).
     """
@@ -140,9 +147,13 @@ class ArithTask(SyntheticTask):
     verifier = "literal"  # math equivalence would accept the restated question ("9+8+9" for 26)
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_terms=(2, 4),
-                 max_operand: int = 9, ops: str = "+-*", lang: str | None = None, **slice_kw):
+                 max_operand: int = 9, ops: str = "+-*", lang: str | None = None, max_value: int | None = None,
+                 nested: bool = False, **slice_kw):
         super().__init__(split, size, seed, lang, **slice_kw)
         self.n_terms = _range_arg(n_terms, "n_terms")
+        if max_value is not None and max_value < max_operand:
+            raise R1kitError(f"arith: max_value must be at least max_operand ({max_operand}), got {max_value}")
+        self.max_value, self.nested = max_value, nested
         if self.n_terms[0] < 2:
             raise R1kitError(f"arith: n_terms must be >= 2, got {n_terms!r}")
         if max_operand < 1:
@@ -156,7 +167,12 @@ class ArithTask(SyntheticTask):
         numbers = [rng.randint(1, self.max_operand) for _ in range(n)]
         ops = [rng.choice(self.ops) for _ in range(n - 1)]
         expr = str(numbers[0]) + "".join(f"{op}{x}" for op, x in zip(ops, numbers[1:]))
-        steps, value = arith_steps(numbers, ops)
+        if self.nested:  # "((3+5)*2)-4"
+            expr = "(" * (n - 2) + str(numbers[0]) + "".join(
+                f"{op}{x}" + (")" if i < n - 2 else "") for i, (op, x) in enumerate(zip(ops, numbers[1:])))
+        steps, value = arith_steps(numbers, ops, nested=self.nested)
+        if self.max_value is not None and any(abs(int(st.split("=")[1])) > self.max_value for st in steps):
+            return None
         if self.lang is None:
             question, scratchpad = expr, " ".join(steps)
         else:
@@ -178,10 +194,10 @@ class ArithTask(SyntheticTask):
         if self.lang is not None:
             raise R1kitError("arith: revised solutions are written for symbolic scratchpads (lang None)")
         nums, ops = example.meta["numbers"], example.meta["ops"]
-        right, _ = arith_steps(nums, ops)
+        right, _ = arith_steps(nums, ops, nested=self.nested)
         k = rng.randrange(len(right))
         delta = rng.choice((-1, 1)) * rng.randint(1, 3)
-        slipped, wrong = arith_steps(nums, ops, slip=(k, delta))
+        slipped, wrong = arith_steps(nums, ops, slip=(k, delta), nested=self.nested)
         if revision == "slip":
             steps, answer = slipped, wrong
         elif revision == "fix":

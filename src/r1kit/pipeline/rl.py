@@ -110,7 +110,7 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     from r1kit.rl import trainer
     from r1kit.rl.state import checkpoints
     from r1kit.tasks import ChatTask, chat_examples, get_task
-    from r1kit.train import lora
+    from r1kit.train import dist, lora
 
     gc = cfg.grpo
     if cfg.template not in ("r1", "r1-zero"):
@@ -137,12 +137,9 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     rows = result.rows
     for r in rows:
         r["rm_active"] = r["step"] >= rm_from
-    modelio.save(policy, tok, out / "model", template=cfg.template, init=str(inputs["model"]), rl_steps=gc.steps,
-                 lora=lora.config_dict(policy))
-    if lora.is_lora(policy):
-        lora.save_adapter(policy, out / "adapter", base=str(inputs["model"]))
-    for ck in checkpoints(out):  # the final model supersedes them
-        shutil.rmtree(ck, ignore_errors=True)
+    modelio.save(policy, tok, out / "model", template=cfg.template, adapter=out / "adapter",
+                 init=str(inputs["model"]), rl_steps=gc.steps, lora=lora.config_dict(policy))
+    dist.on_main(lambda: [shutil.rmtree(ck, ignore_errors=True) for ck in checkpoints(out)])  # superseded
     tail = rows[-5:] or [{}]
     mean = lambda k: sum(r.get(k, 0.0) for r in tail) / len(tail)  # noqa: E731
     metrics = {"steps": gc.steps, "reward_last5": mean("reward"), "accuracy_last5": mean("accuracy"),

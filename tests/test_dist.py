@@ -61,6 +61,20 @@ def test_sft_two_ranks_equal_one(ckpt, tmp_path):
     assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))
 
 
+def test_reward_model_two_ranks_equal_one(ckpt, tmp_path):
+    """Bradley-Terry training sharded with FSDP2, each rank scoring its share of the step's pairs."""
+    one = run(["rm", ckpt, tmp_path / "one", 3])
+    two = run(["rm", ckpt, tmp_path / "two", 3], ranks=2)
+    assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))
+    assert_same(torch.load(tmp_path / "two" / "rm_head.pt"), torch.load(tmp_path / "one" / "rm_head.pt"))
+    assert torch.load(tmp_path / "one" / "rm_head.pt")["weight"].abs().sum() > 0  # it trained (from zeros)
+    assert two.count("losses") == 2  # the logged losses are the global ones, equal on both ranks
+    lines = sorted(x for x in two.splitlines() if x.startswith("losses"))
+    assert lines[0] == lines[1]
+    assert [round(float(v), 4) for v in lines[0][8:-1].split(", ")] == \
+        [round(float(v), 4) for v in one.strip().splitlines()[-1][8:-1].split(", ")]
+
+
 def test_torchrun_runs_r1kit_zero_end_to_end(ckpt, tmp_path):
     """The documented command line: torchrun --standalone --nproc_per_node 2 -m r1kit zero ..."""
     run_dir = tmp_path / "run"

@@ -37,6 +37,9 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(backbone.cfg.dim, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # Bradley-Terry sees only differences of rewards, so the bias gets no gradient but rounding noise, which
+        # Adam would scale up into a random walk; RMScorer's center does its job
+        self.head.bias.requires_grad_(False)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> final-norm hidden states (B, T, dim); causal, so right padding never reaches real tokens."""
@@ -59,8 +62,9 @@ def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor,
     return -F.logsigmoid(chosen - rejected).mean(), (chosen > rejected).float().mean()
 
 
-def batch_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(map(len, seqs))
+def batch_ids(seqs: list[list[int]], pad_id: int, length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded to the longest sequence (or to `length`) -> ids (B, T), lengths (B,)."""
+    T = max(length, *map(len, seqs))
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
@@ -172,9 +176,11 @@ def train_reward_model(rm: RewardModel, tok, pairs: list[Pair], cfg: RewardModel
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, sched)
         part = rng.sample(pairs, min(cfg.batch_size, len(pairs)))  # the same on every rank
-        mine = dist.share(part)[0]
-        seqs = [encode_pair_side(tok, p.messages, s) for p in mine for s in (p.chosen, p.rejected)]
-        scores = rm(*batch_ids(seqs, tok.eos_id)).view(-1, 2)  # (b, 2): chosen, rejected
+        seqs = [encode_pair_side(tok, p.messages, s) for p in part for s in (p.chosen, p.rejected)]
+        mine, first = dist.share(part)
+        # padded to the whole batch's longest sequence, as in one process: the MoE load counts padding too
+        ids, lengths = batch_ids(seqs[2 * first:2 * (first + len(mine))], tok.eos_id, max(map(len, seqs)))
+        scores = rm(ids, lengths).view(-1, 2)  # (b, 2): chosen, rejected
         margin = scores[:, 0] - scores[:, 1]
         loss = -F.logsigmoid(margin).sum() / len(part)  # this share's part of the batch mean
         opt.zero_grad(set_to_none=True)

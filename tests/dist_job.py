@@ -73,6 +73,33 @@ def train_reward_model(*args):
     print("losses", train(*args))
 
 
+def lonely_error(ckpt: str, out: str, steps: int):
+    """A pipeline stage that fails on the last rank only while rank 0 waits in a collective: the job must end
+    (the failing rank leaves without the closing barrier), not hang."""
+    from dataclasses import dataclass
+
+    from r1kit.errors import R1kitError
+    from r1kit.pipeline.runner import Recipe, Stage, StageSpec, run_pipeline
+    from r1kit.train import dist
+
+    @dataclass
+    class Config:
+        pass
+
+    def stage(cfg, inputs, folder, ctx):
+        d = dist.current()
+        if d.rank == d.world - 1:
+            raise R1kitError(f"rank {d.rank} gives up alone")
+        dist.barrier()  # never joined by the last rank
+
+    try:
+        run_pipeline(Recipe("lonely", [StageSpec("s", "lonely", eval=False)]), out,
+                     {"lonely": Stage(Config, stage)}, evaluator=lambda *a: {})
+    except R1kitError as e:
+        print(f"r1kit: error: {e}", flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     kind, ckpt, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    {"grpo": grpo, "sft": sft, "rm": rm}[kind](ckpt, out, steps)
+    {"grpo": grpo, "sft": sft, "rm": rm, "lonely_error": lonely_error}[kind](ckpt, out, steps)

@@ -30,12 +30,7 @@ def pipeline(recipe: str, run_dir: str = "", force: str = "", until: str = "", t
     rec = load_recipe(recipe)
     folder = Path(run_dir or f"runs/{rec.name}")
     t0 = time.time()
-    try:
-        records = run_pipeline(rec, folder, force=tuple(s for s in force.split(",") if s), until=until)
-    except BaseException as e:
-        if not dist.agreed(e):  # this rank may be alone with its error: leave without waiting for the others
-            dist.mark_failed()
-        raise
+    records = run_pipeline(rec, folder, force=tuple(s for s in force.split(",") if s), until=until)
     path = dist.on_main(lambda: write(folder, records, rec, time.time() - t0))
     if dist.current().main:  # under torchrun: rank 0 alone reports
         print_table(records, f"{rec.name}: {folder}")

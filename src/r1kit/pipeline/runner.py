@@ -181,8 +181,15 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
     if unknown or (until and until not in configs):
         raise R1kitError(f"no stage named {', '.join(sorted(unknown)) or until!r} in recipe {recipe.name}")
     d = dist.setup()  # under torchrun: rank 0 owns the folder and decides; every rank trains and samples
-    if not d.main:
-        log = _silent
+    try:
+        return _run(recipe, run_dir, registry, evaluator, configs, force, until, log if d.main else _silent)
+    except BaseException as e:
+        if not dist.agreed(e):  # this rank may be alone with its error: leave without waiting for the others
+            dist.mark_failed()
+        raise
+
+
+def _run(recipe: Recipe, run_dir, registry, evaluator, configs: dict, force, until: str, log) -> list[Record]:
     run_dir = dist.on_main(lambda: prepare_run_dir(run_dir, resume=True))  # an existing folder is the cache
     keys: dict[str, str] = {}
     done: dict[str, dict] = {}  # stage -> its outputs (absolute paths)

@@ -17,6 +17,9 @@ A stage is a function `run(cfg, inputs, out, ctx) -> StageResult` registered und
 (stages.py). `inputs` maps each input name to a path: `{model: base}` in the recipe passes the `model` output of
 stage `base`; `{init: sft1.model}` names the output explicitly. After a stage that outputs a `model`, the runner
 evaluates it with the recipe's `eval` settings (cached the same way) so the report shows every stage's pass@1.
+
+Under torchrun (docs/SCALING.md) every rank runs every stage, and rank 0 alone owns the run folder: it decides what
+is cached and writes the records; the decision reaches every rank through dist.on_main, so no two ranks diverge.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A short GRPO or SFT run on a tiny-moe checkpoint, the same code under one process or torchrun (used by
+"""A short GRPO, SFT or reward-model run on a tiny-moe checkpoint, the same code under one process or torchrun (used by
 tests/test_dist.py; not a test module itself).
 
     python tests/dist_job.py grpo CKPT OUT STEPS        # or: torchrun --nproc_per_node 2 tests/dist_job.py ...
@@ -54,6 +54,52 @@ def sft(ckpt: str, out: str, steps: int):
     del save_model
 
 
+def rm(ckpt: str, out: str, steps: int):
+    from r1kit.checkpoint.hf import load_model
+    from r1kit.pipeline.reward_model import RewardModel, RewardModelConfig, save_rm, synthetic_pairs
+    from r1kit.tasks import get_task
+    from r1kit.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    model, tok = RewardModel(load_model(ckpt)), Tokenizer.from_file(ckpt)
+    pairs = synthetic_pairs(get_task("arith", split="train", n_terms=2), 40)
+    cfg = RewardModelConfig(steps=steps, batch_size=7, lr=1e-3, warmup=1)  # 7: the ranks' shares differ (3 + 4)
+    train_reward_model(model, tok, pairs, cfg)
+    save_rm(model, tok, Path(out), 0.0, 1.0)
+
+
+def train_reward_model(*args):
+    from r1kit.pipeline.reward_model import train_reward_model as train
+    print("losses", train(*args))
+
+
+def lonely_error(ckpt: str, out: str, steps: int):
+    """A pipeline stage that fails on the last rank only while rank 0 waits in a collective: the job must end
+    (the failing rank leaves without the closing barrier), not hang."""
+    from dataclasses import dataclass
+
+    from r1kit.errors import R1kitError
+    from r1kit.pipeline.runner import Recipe, Stage, StageSpec, run_pipeline
+    from r1kit.train import dist
+
+    @dataclass
+    class Config:
+        pass
+
+    def stage(cfg, inputs, folder, ctx):
+        d = dist.current()
+        if d.rank == d.world - 1:
+            raise R1kitError(f"rank {d.rank} gives up alone")
+        dist.barrier()  # never joined by the last rank
+
+    try:
+        run_pipeline(Recipe("lonely", [StageSpec("s", "lonely", eval=False)]), out,
+                     {"lonely": Stage(Config, stage)}, evaluator=lambda *a: {})
+    except R1kitError as e:
+        print(f"r1kit: error: {e}", flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     kind, ckpt, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    {"grpo": grpo, "sft": sft}[kind](ckpt, out, steps)
+    {"grpo": grpo, "sft": sft, "rm": rm, "lonely_error": lonely_error}[kind](ckpt, out, steps)

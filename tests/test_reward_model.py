@@ -99,10 +99,10 @@ def test_reward_fn_dispatches_reasoning_and_general_and_rm_only_when_given():
                         rm_weight=2.0)
     texts, golds, exs = [good, mixed, reply], [ex.answer, ex.answer, chat.answer], [ex, ex, chat]
     total, per = make_reward_fn(cfg)(texts, golds, examples=exs, lengths=[10, 10, 10])
-    assert per["accuracy"] == [1.0, 1.0, 1.0]  # the general prompt has no accuracy: logged as the others' mean
+    assert per["accuracy"] == [1.0, 1.0, None]  # the general prompt has no accuracy: left out of the logged mean
     assert per["language"][0] == 1.0 and per["language"][1] < 1.0
     assert total[0] == pytest.approx(3.0) and total[2] == pytest.approx(1.0)  # format only: empty thought
     fake_rm = lambda msgs, comps: [0.25] * len(comps)  # noqa: E731
     total_rm, per_rm = make_reward_fn(cfg, fake_rm)(texts, golds, examples=exs, lengths=[10, 10, 10])
-    assert per_rm["reward_model"] == [0.25, 0.25, 0.25]  # scored on the general prompt only
+    assert per_rm["reward_model"] == [None, None, 0.25]  # scored on the general prompt only
     assert total_rm[2] == pytest.approx(1.0 + 2.0 * 0.25) and total_rm[:2] == total[:2]

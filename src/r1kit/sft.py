@@ -124,6 +124,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
     check(configure_checkpointing(core, cfg), next(model.parameters()).device.type)
     d = dist.setup()  # under torchrun: FSDP2 shards, each rank trains its share of every batch
     dist.shard(core)
+    dist.check_batch(min(cfg.batch_size, len(examples)), "sft batch_size")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model.train()
@@ -135,8 +136,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, log: Callable[[int, di
         ids, mask = batch_tensors(batch)
         n_tok = mask.sum()
         if d.on:
-            bounds = [len(batch) * r // d.world for r in range(d.world + 1)]
-            ids, mask = batch_tensors(batch[bounds[d.rank]:bounds[d.rank + 1]])
+            ids, mask = batch_tensors(dist.share(batch)[0])
         opt.zero_grad(set_to_none=True)
         with large_blocks_to_the_kernel() if big_pass(model, mask.numel()) else nullcontext():
             loss = accumulate_grads(model, ids, mask, cfg.micro_batch_tokens, n_tok, cfg.mtp_weight)

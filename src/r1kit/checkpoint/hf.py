@@ -343,7 +343,14 @@ def save_checkpoint(folder: str | Path, cfg: ModelConfig, tensors: dict[str, tor
 
 
 def save_model(model: Transformer, folder: str | Path, max_shard_bytes: int = 5 * 2**30) -> Path:
-    return save_checkpoint(folder, model.cfg, hf_state_dict(model), max_shard_bytes)
+    """A model's checkpoint. A model sharded by FSDP2 (under torchrun; every rank calls this) is gathered to rank 0,
+    which alone writes."""
+    from r1kit.train import dist
+
+    if not dist.is_sharded(model):
+        return save_checkpoint(folder, model.cfg, hf_state_dict(model), max_shard_bytes)
+    full = dist.full_state_dict(model)
+    return dist.on_main(lambda: save_checkpoint(folder, model.cfg, hf_state_dict(model, full), max_shard_bytes))
 
 
 __all__ = ["config_from_hf", "config_to_hf", "load_config", "load_model", "load_state_dict", "iter_tensors",

@@ -23,6 +23,7 @@ def pipeline(recipe: str, run_dir: str = "", force: str = "", until: str = "", t
 
     from r1kit.pipeline.report import print_table, write
     from r1kit.pipeline.runner import load_recipe, run_pipeline
+    from r1kit.train import dist
 
     if threads:
         torch.set_num_threads(threads)
@@ -30,9 +31,10 @@ def pipeline(recipe: str, run_dir: str = "", force: str = "", until: str = "", t
     folder = Path(run_dir or f"runs/{rec.name}")
     t0 = time.time()
     records = run_pipeline(rec, folder, force=tuple(s for s in force.split(",") if s), until=until)
-    path = write(folder, records, rec, time.time() - t0)
-    print_table(records, f"{rec.name}: {folder}")
-    print(f"report: {path}")
+    path = dist.on_main(lambda: write(folder, records, rec, time.time() - t0))
+    if dist.current().main:  # under torchrun: rank 0 alone reports
+        print_table(records, f"{rec.name}: {folder}")
+        print(f"report: {path}")
 
 
 def sample(model: str, out: str = "runs/sft.jsonl", task: str = "arith-mix", prompts: int = 300, k: int = 4,

@@ -37,6 +37,9 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(backbone.cfg.dim, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # Bradley-Terry sees only differences of rewards, so the bias gets no gradient but rounding noise, which
+        # Adam would scale up into a random walk; RMScorer's center does its job
+        self.head.bias.requires_grad_(False)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> final-norm hidden states (B, T, dim); causal, so right padding never reaches real tokens."""
@@ -59,8 +62,9 @@ def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor,
     return -F.logsigmoid(chosen - rejected).mean(), (chosen > rejected).float().mean()
 
 
-def batch_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(map(len, seqs))
+def batch_ids(seqs: list[list[int]], pad_id: int, length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded to the longest sequence (or to `length`) -> ids (B, T), lengths (B,)."""
+    T = max(length, *map(len, seqs))
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
@@ -153,10 +157,17 @@ def pair_scores(rm: RewardModel, tok, pairs: list[Pair], batch_size: int = 32) -
 
 
 def train_reward_model(rm: RewardModel, tok, pairs: list[Pair], cfg: RewardModelConfig, log=None) -> list[float]:
+    """Train `rm` in place. Under torchrun it is sharded with FSDP2 (blocks, then the RM as the root, since its
+    forward is what runs) and each rank scores its share of every step's pairs; its loss is divided by the whole
+    batch's pair count and gradients are summed, so N ranks x B/N pairs make the update of 1 x B."""
     from r1kit.model.deepseek import update_moe_bias
     from r1kit.sft import SFTConfig, cosine_lr
+    from r1kit.train import dist
 
+    dist.setup()
+    dist.shard(rm.backbone, root=rm)
     rng = random.Random(cfg.seed)
+    dist.check_batch(min(cfg.batch_size, len(pairs)), "reward_model batch_size")
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     sched = SFTConfig(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup)
     losses = []
@@ -164,30 +175,45 @@ def train_reward_model(rm: RewardModel, tok, pairs: list[Pair], cfg: RewardModel
         rm.train()
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, sched)
-        part = rng.sample(pairs, min(cfg.batch_size, len(pairs)))
+        part = rng.sample(pairs, min(cfg.batch_size, len(pairs)))  # the same on every rank
         seqs = [encode_pair_side(tok, p.messages, s) for p in part for s in (p.chosen, p.rejected)]
-        scores = rm(*batch_ids(seqs, tok.eos_id)).view(-1, 2)  # (B, 2): chosen, rejected
-        loss, acc = bt_loss(scores[:, 0], scores[:, 1])
+        mine, first = dist.share(part)
+        # padded to the whole batch's longest sequence, as in one process: the MoE load counts padding too
+        ids, lengths = batch_ids(seqs[2 * first:2 * (first + len(mine))], tok.eos_id, max(map(len, seqs)))
+        scores = rm(ids, lengths).view(-1, 2)  # (b, 2): chosen, rejected
+        margin = scores[:, 0] - scores[:, 1]
+        loss = -F.logsigmoid(margin).sum() / len(part)  # this share's part of the batch mean
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.drop_unused_grads(rm)  # the LM head and MTP get no gradient: keep AdamW off them on every world size
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
         if rm.backbone.cfg.moe:
             update_moe_bias(rm.backbone, 1e-3)
-        losses.append(loss.item())
+        totals = dist.all_sum(torch.tensor([loss.item(), float((margin > 0).sum())], dtype=torch.float64))
+        losses.append(float(totals[0]))
         if log:
-            log(step, {"loss": losses[-1], "accuracy": acc.item()})
+            log(step, {"loss": losses[-1], "accuracy": float(totals[1]) / len(part)})
     rm.eval()
     return losses
 
 
 def save_rm(rm: RewardModel, tok, folder: Path, center: float, scale: float, **meta) -> Path:
+    """The backbone as a model folder, the head beside it. Under torchrun every rank calls this and rank 0
+    writes the weights gathered from the shards."""
     from r1kit.pipeline import modelio
+    from r1kit.train import dist
 
-    modelio.save(rm.backbone, tok, folder, template="r1")
-    torch.save(rm.head.state_dict(), folder / "rm_head.pt")
-    (folder / "rm.json").write_text(json.dumps({"center": center, "scale": scale} | meta, indent=2) + "\n")
-    return folder
+    full = dist.full_state_dict(rm)  # {} on ranks other than 0 when sharded
+    part = lambda prefix: {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}  # noqa: E731
+    modelio.save(rm.backbone, tok, folder, template="r1", state=part("backbone."))
+
+    def write() -> Path:
+        torch.save(part("head."), folder / "rm_head.pt")
+        (folder / "rm.json").write_text(json.dumps({"center": center, "scale": scale} | meta, indent=2) + "\n")
+        return folder
+
+    return dist.on_main(write)
 
 
 def load_rm(folder: Path) -> "RMScorer":
@@ -225,6 +251,7 @@ def run(cfg: RewardModelConfig, inputs: dict, out: Path, ctx):
     from r1kit.pipeline import modelio
     from r1kit.pipeline.runner import StageResult
     from r1kit.tasks import get_task
+    from r1kit.train import dist
 
     torch.manual_seed(cfg.seed)
     backbone, tok, _ = modelio.load(inputs["model"])
@@ -234,7 +261,7 @@ def run(cfg: RewardModelConfig, inputs: dict, out: Path, ctx):
     n_eval = max(1, int(len(pairs) * cfg.eval_frac))
     held, train = pairs[:n_eval], pairs[n_eval:]
     rm = RewardModel(backbone)
-    with (out / "metrics.jsonl").open("w") as mf:
+    with dist.main_file(out / "metrics.jsonl") as mf:  # rank 0 writes; every rank trains
         def log(step, st):
             mf.write(json.dumps({"step": step + 1} | st) + "\n")
             if (step + 1) % max(1, cfg.steps // 5) == 0:

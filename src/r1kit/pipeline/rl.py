@@ -10,7 +10,7 @@ Reward per completion (R1-v2 Eq. 8-10), weights from `grpo.rewards` (names of r1
   without accuracy, plus `rm_weight` x the reward model's score during the last `rm_last_steps` steps.
 A reward that does not apply (language of an empty thought) is neutral, as in rewards.combine: the sample counts
 that reward's mean over the samples of its prompt that it applies to; the per-reward logs average over the samples
-it applies to.
+it applies to (None here, NaN in grpo's logs, so the mean is right over every rank's samples under torchrun).
 
 Resume: rl.trainer's checkpoints (policy, reference, optimiser, RNG) every `ckpt_every` steps; data order and
 sampling seeds are functions of (seed, step), so a resumed stage continues exactly where it stopped.
@@ -84,17 +84,9 @@ def make_reward_fn(cfg: RLStageConfig, rm=None):
             for i, s in zip(general, scores):
                 total[i] += cfg.rm_weight * s
                 per_fn["reward_model"][i] = s
-        return total, {k: _fill(v) for k, v in per_fn.items()}
+        return total, per_fn  # None where a reward does not apply: grpo logs the mean over the rest
 
     return reward
-
-
-def _fill(scores: list) -> list[float]:
-    """Per-reward logs for grpo_step, which needs floats: where a reward did not apply (None), put the mean of the
-    samples where it did, so the logged mean is the mean over applicable samples (totals are not affected)."""
-    scored = [s for s in scores if s is not None]
-    mean = sum(scored) / len(scored) if scored else 0.0
-    return [mean if s is None else s for s in scores]
 
 
 def _batch(task, general: list, n: int, frac: float, rng: random.Random) -> list:
@@ -110,7 +102,7 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     from r1kit.rl import trainer
     from r1kit.rl.state import checkpoints
     from r1kit.tasks import ChatTask, chat_examples, get_task
-    from r1kit.train import lora
+    from r1kit.train import dist, lora
 
     gc = cfg.grpo
     if cfg.template not in ("r1", "r1-zero"):
@@ -137,12 +129,9 @@ def run(cfg: RLStageConfig, inputs: dict, out: Path, ctx):
     rows = result.rows
     for r in rows:
         r["rm_active"] = r["step"] >= rm_from
-    modelio.save(policy, tok, out / "model", template=cfg.template, init=str(inputs["model"]), rl_steps=gc.steps,
-                 lora=lora.config_dict(policy))
-    if lora.is_lora(policy):
-        lora.save_adapter(policy, out / "adapter", base=str(inputs["model"]))
-    for ck in checkpoints(out):  # the final model supersedes them
-        shutil.rmtree(ck, ignore_errors=True)
+    modelio.save(policy, tok, out / "model", template=cfg.template, adapter=out / "adapter",
+                 init=str(inputs["model"]), rl_steps=gc.steps, lora=lora.config_dict(policy))
+    dist.on_main(lambda: [shutil.rmtree(ck, ignore_errors=True) for ck in checkpoints(out)])  # superseded
     tail = rows[-5:] or [{}]
     mean = lambda k: sum(r.get(k, 0.0) for r in tail) / len(tail)  # noqa: E731
     metrics = {"steps": gc.steps, "reward_last5": mean("reward"), "accuracy_last5": mean("accuracy"),

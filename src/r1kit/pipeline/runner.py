@@ -17,6 +17,9 @@ A stage is a function `run(cfg, inputs, out, ctx) -> StageResult` registered und
 (stages.py). `inputs` maps each input name to a path: `{model: base}` in the recipe passes the `model` output of
 stage `base`; `{init: sft1.model}` names the output explicitly. After a stage that outputs a `model`, the runner
 evaluates it with the recipe's `eval` settings (cached the same way) so the report shows every stage's pass@1.
+
+Under torchrun (docs/SCALING.md) every rank runs every stage, and rank 0 alone owns the run folder: it decides what
+is cached and writes the records; the decision reaches every rank through dist.on_main, so no two ranks diverge.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from r1kit.checks import typed
 from r1kit.errors import R1kitError
 from r1kit.pipeline.config import from_dict, read_json, stage_key, to_dict
 from r1kit.runs import prepare_run_dir
+from r1kit.train import dist
 
 
 @dataclass
@@ -179,7 +183,17 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
     unknown = set(force) - set(configs) - {""}
     if unknown or (until and until not in configs):
         raise R1kitError(f"no stage named {', '.join(sorted(unknown)) or until!r} in recipe {recipe.name}")
-    run_dir = prepare_run_dir(run_dir, resume=True)  # an existing run folder is the cache: always resumed
+    d = dist.setup()  # under torchrun: rank 0 owns the folder and decides; every rank trains and samples
+    try:
+        return _run(recipe, run_dir, registry, evaluator, configs, force, until, log if d.main else _silent)
+    except BaseException as e:
+        if not dist.agreed(e):  # this rank may be alone with its error: leave without waiting for the others
+            dist.mark_failed()
+        raise
+
+
+def _run(recipe: Recipe, run_dir, registry, evaluator, configs: dict, force, until: str, log) -> list[Record]:
+    run_dir = dist.on_main(lambda: prepare_run_dir(run_dir, resume=True))  # an existing folder is the cache
     keys: dict[str, str] = {}
     done: dict[str, dict] = {}  # stage -> its outputs (absolute paths)
     records: list[Record] = []
@@ -190,37 +204,17 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
         key = stage_key(spec.kind, cfg, input_keys)
         keys[spec.name] = key
         folder = run_dir / spec.name
-        old = read_json(folder / "stage.json") or {}
-        fresh = old.get("key") != key or spec.name in force
-        if old.get("status") == "done" and not fresh and _outputs_exist(run_dir, old):
-            status, rec = "cached", old
-            log(f"[{spec.name}] cached (key {key[:10]})")
-        else:
-            if folder.exists() and (fresh or old.get("status") == "done"):
-                shutil.rmtree(folder)  # stale: another config, a forced re-run, or outputs gone missing
-            resumed = folder.exists() and old.get("status") == "running"
-            folder.mkdir(parents=True, exist_ok=True)
-            inputs = {}
-            for inp, r in refs.items():
-                outs = done[r[0]]
-                name = r[1] if len(r) == 3 else r[-1]
-                if name not in outs:
-                    raise R1kitError(f"stage {spec.name}: input {inp} wants output {name!r} of stage {r[0]}, "
-                                     f"which has {', '.join(outs) or 'no outputs'}")
-                inputs[inp] = Path(outs[name])
-            rec = {"name": spec.name, "kind": spec.kind, "key": key, "status": "running",
-                   "config": to_dict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
-                   "started": time.time()}
-            _write_record(folder, rec)  # from here a crash leaves a "running" record: the next call resumes
-            log(f"[{spec.name}] {'resuming' if resumed else 'running'} {spec.kind} (key {key[:10]})")
+        # made once on rank 0 and told to every rank, so no two ranks disagree about running a stage
+        status, rec, inputs = dist.on_main(lambda: _prepare(spec, key, folder, run_dir, refs, done, cfg, force,
+                                                            log))
+        if status != "cached":
             t0, c0 = time.time(), cpu_time()
             result = registry[spec.kind].run(cfg, inputs, folder, Context(run_dir, log, rec))
             seconds = time.time() - t0
             rec |= {"status": "done", "seconds": seconds, "cpu_seconds": cpu_time() - c0,
                     "metrics": result.metrics,
                     "outputs": {k: os.path.relpath(_resolve(folder, v), run_dir) for k, v in result.outputs.items()}}
-            _write_record(folder, rec)
-            status = "resumed" if resumed else "ran"
+            dist.on_main(lambda: _write_record(folder, rec))
         outs = {k: str(_resolve(run_dir, v)) for k, v in rec.get("outputs", {}).items()}
         done[spec.name] = outs
         ev = {}
@@ -230,10 +224,10 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
                 ev = rec["eval"]
             else:
                 t0, c0 = time.time(), cpu_time()
-                ev = evaluator(outs["model"], recipe.eval) or {}
+                ev = evaluator(outs["model"], recipe.eval) or {}  # every rank: evaluation is sharded
                 rec |= {"eval": ev, "eval_key": ev_key, "eval_seconds": time.time() - t0,
                         "eval_cpu_seconds": cpu_time() - c0}
-                _write_record(folder, rec)
+                dist.on_main(lambda: _write_record(folder, rec))
             if ev:
                 log(f"[{spec.name}] eval: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()
                                                        if isinstance(v, float)))
@@ -243,3 +237,35 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, registry: dict[str, Stage]
         if spec.name == until:
             break
     return records
+
+
+def _silent(*args, **kw) -> None:
+    pass
+
+
+def _prepare(spec: StageSpec, key: str, folder: Path, run_dir: Path, refs: dict, done: dict, cfg, force,
+             log) -> tuple[str, dict, dict]:
+    """Whether a stage is cached; if not, its fresh (or resumed) folder, its "running" record and its inputs ->
+    (status, record, inputs)."""
+    old = read_json(folder / "stage.json") or {}
+    fresh = old.get("key") != key or spec.name in force
+    if old.get("status") == "done" and not fresh and _outputs_exist(run_dir, old):
+        log(f"[{spec.name}] cached (key {key[:10]})")
+        return "cached", old, {}
+    if folder.exists() and (fresh or old.get("status") == "done"):
+        shutil.rmtree(folder)  # stale: another config, a forced re-run, or outputs gone missing
+    resumed = folder.exists() and old.get("status") == "running"
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for inp, r in refs.items():
+        outs = done[r[0]]
+        name = r[1] if len(r) == 3 else r[-1]
+        if name not in outs:
+            raise R1kitError(f"stage {spec.name}: input {inp} wants output {name!r} of stage {r[0]}, "
+                             f"which has {', '.join(outs) or 'no outputs'}")
+        inputs[inp] = Path(outs[name])
+    rec = {"name": spec.name, "kind": spec.kind, "key": key, "status": "running",
+           "config": to_dict(cfg), "inputs": {k: str(v) for k, v in inputs.items()}, "started": time.time()}
+    _write_record(folder, rec)  # from here a crash leaves a "running" record: the next call resumes
+    log(f"[{spec.name}] {'resuming' if resumed else 'running'} {spec.kind} (key {key[:10]})")
+    return ("resumed" if resumed else "ran"), rec, inputs

@@ -57,8 +57,9 @@ class ColdStartConfig(SampleConfig):
     name: str = "coldstart"
 
 
-def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, engine) -> list[dict]:
-    """Sample and judge one shard of prompts -> one record per sample (kept or with the reason it was dropped)."""
+def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, engine, offset: int = 0) -> list[dict]:
+    """Sample and judge one shard of prompts -> one record per sample (kept or with the reason it was dropped).
+    offset: the index of examples[0] in the shard when a rank samples a share of it (seeds stay per prompt)."""
     from r1kit.eval.heldout import sample
     from r1kit.pipeline.filters import readability, reformat
     from r1kit.tasks import ChatTask
@@ -67,7 +68,7 @@ def _shard(model, tok, template, task, examples, cfg: SampleConfig, first: int, 
     scorer = ChatTask(task) if template == "r1" else task
     out = []
     for s in sample(model, tok, task, examples, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                    seed=cfg.seed * 1_000_003 + first * cfg.k, engine=engine):
+                    seed=cfg.seed * 1_000_003 + first * cfg.k, engine=engine, first=offset):
         ex, lang = s.example, s.example.meta.get("lang") or "en"
         message, reason = None, None
         if s.truncated:
@@ -106,33 +107,54 @@ def shard_key(model_hash: str, template: str, cfg: SampleConfig, examples, first
 
 
 def build(model_path: Path, cfg: SampleConfig, out: Path, log=print) -> tuple[Path, dict]:
-    """Sample, judge, dedupe, decontaminate and mix; write out/NAME-vN.jsonl (+ .stats.json) -> (path, stats)."""
+    """Sample, judge, dedupe, decontaminate and mix; write out/NAME-vN.jsonl (+ .stats.json) -> (path, stats).
+
+    Under torchrun every rank calls this: each samples a contiguous share of every missing shard's prompts (seeds
+    per prompt, so the rows equal one process's), rank 0 gathers and writes the shard, then alone filters, mixes
+    and writes the data; every rank returns its (path, stats)."""
     from r1kit.engine.engine import Engine
-    from r1kit.pipeline import data, modelio
-    from r1kit.pipeline.decontam import eval_index
-    from r1kit.tasks import chat_examples, get_task
+    from r1kit.pipeline import modelio
+    from r1kit.tasks import get_task
+    from r1kit.train import dist
 
     model, tok, meta = modelio.load(model_path)
     template = meta["template"]
     task = get_task(cfg.task, "train", **cfg.task_kw)
     idx = random.Random(cfg.seed).sample(range(len(task)), min(cfg.prompts, len(task)))
     shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    dist.on_main(lambda: shard_dir.mkdir(parents=True, exist_ok=True))
     engine = Engine(model, tok, max_batch=min(256, 32 * cfg.k))
-    model_hash = model_sha256(model_path)
-    records, keys = [], []
+    model_hash = dist.on_main(lambda: model_sha256(model_path))
+    keys = []
     for first in range(0, len(idx), cfg.shard_prompts):
         examples = [task[i] for i in idx[first:first + cfg.shard_prompts]]
         keys.append(shard_key(model_hash, template, cfg, examples, first))
         path = shard_dir / f"{keys[-1]}.jsonl"
-        if not path.exists():
-            rows = _shard(model, tok, template, task, examples, cfg, first, engine)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            tmp.replace(path)
-            log(f"  sampled prompts {first}..{min(first + cfg.shard_prompts, len(idx))} of {len(idx)}")
-        records += [json.loads(line) for line in path.read_text().splitlines()]
+        if not dist.on_main(path.exists):  # decided once: every rank samples, or none does
+            mine, offset = dist.share(examples)
+            rows = dist.gather_lists(_shard(model, tok, template, task, mine, cfg, first, engine, offset)
+                                     if mine else [])
+            dist.on_main(lambda: _write_shard(path, rows, log, f"  sampled prompts {first}.."
+                                              f"{min(first + cfg.shard_prompts, len(idx))} of {len(idx)}"))
+    return dist.on_main(lambda: _assemble([shard_dir / f"{k}.jsonl" for k in keys], model_path, model_hash,
+                                          template, cfg, idx, keys, out))
 
+
+def _write_shard(path: Path, rows: list[dict], log, line: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
+    log(line)
+
+
+def _assemble(paths: list[Path], model_path: Path, model_hash: str, template: str, cfg: SampleConfig, idx: list,
+              keys: list[str], out: Path) -> tuple[Path, dict]:
+    """The sampled shards -> judged, deduped, decontaminated and mixed rows in out/NAME-vN.jsonl, and the stats."""
+    from r1kit.pipeline import data
+    from r1kit.pipeline.decontam import eval_index
+    from r1kit.tasks import chat_examples, get_task
+
+    records = [json.loads(line) for p in paths for line in p.read_text().splitlines()]
     index = None
     if cfg.decontam_n:
         index = eval_index(cfg.decontam_n, [get_task(cfg.task, "test", **cfg.task_kw)],

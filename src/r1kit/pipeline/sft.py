@@ -49,7 +49,7 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     source = inputs.get("data") or cfg.data
     if not source:
         raise R1kitError("sft stage: give a `data` input stage or a `data` file")
-    from r1kit.train import lora
+    from r1kit.train import dist, lora
 
     model, tok, _ = modelio.load(inputs["model"])
     if cfg.lora.rank:
@@ -69,7 +69,7 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     ctx.log(f"  sft: {len(chats) - n_eval} chats -> {len(train_ex)} examples -> {len(rows)} rows "
             f"(padding {data.padding_fraction(rows, cfg.batch_size):.0%}), {steps} steps")
     trained = data.DocumentMasked(model, tok.bos_id) if cfg.pack else model  # the one difference packing makes
-    with (out / "metrics.jsonl").open("w") as mf:
+    with dist.main_file(out / "metrics.jsonl") as mf:  # rank 0 writes; every rank trains
         def log(step, st):
             mf.write(json.dumps({"step": step + 1} | st) + "\n")
             if "eval_loss" in st:
@@ -79,8 +79,6 @@ def run(cfg: SFTStageConfig, inputs: dict, out: Path, ctx):
     metrics = {"steps": steps, "chats": len(chats), "rows": len(rows), "loss": sum(losses[-10:]) / len(losses[-10:])}
     if eval_ex:
         metrics["eval_loss"] = sft.evaluate(trained, eval_ex, cfg.batch_size)
-    modelio.save(model, tok, out / "model", template="r1", init=str(inputs["model"]), sft_steps=steps,
-                 lora=lora.config_dict(model))  # merged weights; the adapter itself beside them
-    if lora.is_lora(model):
-        lora.save_adapter(model, out / "adapter", base=str(inputs["model"]))
+    modelio.save(model, tok, out / "model", template="r1", adapter=out / "adapter", init=str(inputs["model"]),
+                 sft_steps=steps, lora=lora.config_dict(model))  # merged weights; the adapter itself beside them
     return StageResult({"model": "model"}, metrics)

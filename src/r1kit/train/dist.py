@@ -9,6 +9,8 @@ runs take exactly the code path they always did.
     dist.all_sum(t)                       # a global normaliser (token count, sequence count)
     dist.gather_weights(model, copy)      # full weights into an inference copy, one tensor at a time
     with dist.gathered(model): ...        # forwards and backwards in any number per rank
+    rows, first = dist.share(batch)       # this rank's contiguous share of a global batch
+    path = dist.on_main(write_it)         # rank-0-only work; its result, or its error, on every rank
 
 """
 from __future__ import annotations
@@ -17,9 +19,12 @@ import atexit
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as td
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,31 @@ def setup() -> Dist:
     return Dist(rank, world, local)
 
 
+_failed = [False]  # set by mark_failed: this rank leaves alone, without the closing barrier
+
+
 def _close() -> None:
-    """Leave the group together: a rank that exits while another still talks aborts in gloo's threads."""
+    """Leave the group together: a rank that exits while another still talks aborts in gloo's threads. A rank that
+    failed alone skips the barrier (its peers may be inside a collective it never joins): it exits at once, and
+    torchrun stops the others, or their next collective fails on the closed connection."""
     if td.is_initialized():
         try:
-            td.barrier()
+            if not _failed[0]:
+                td.barrier()
+        except RuntimeError:
+            pass  # a peer is already gone
         finally:
             td.destroy_process_group()
+
+
+def mark_failed() -> None:
+    """This rank stops on an error its peers may not share: leave without waiting for them (see _close)."""
+    _failed[0] = True
+
+
+def agreed(e: BaseException) -> bool:
+    """Whether every rank raises this error (it came from on_main), so the ranks can still leave together."""
+    return getattr(e, "r1kit_agreed", False)
 
 
 def current() -> Dist:
@@ -82,8 +105,10 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard(model, trainable: bool = True):
+def shard(model, trainable: bool = True, root=None):
     """FSDP2: each transformer block (and MTP module) is one unit, the root holds embeddings, norm and head.
+    root: the module whose forward the caller runs, when it is not `model` (a reward model around its backbone):
+    FSDP2 gathers a unit's parameters in that unit's forward, so the root must be what is called.
 
     Gradients are summed across ranks, not averaged: the loss of each rank already carries the global normaliser
     (rl.loss.token_weights over all-reduced counts), so N ranks x B/N rows make exactly the update of 1 x B. On CUDA
@@ -91,7 +116,7 @@ def shard(model, trainable: bool = True):
     gradients are reduced in fp32.
     """
     if not current().on:
-        return model
+        return root if root is not None else model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kw = {}
@@ -99,14 +124,15 @@ def shard(model, trainable: bool = True):
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in list(model.layers) + list(getattr(model, "mtp", None) or []):
         fully_shard(block, **kw)
-    fully_shard(model, **kw)
+    root = model if root is None else root
+    fully_shard(root, **kw)
     if trainable:
-        for m in model.modules():
+        for m in root.modules():
             if is_sharded(m):
                 m.set_gradient_divide_factor(1.0)
                 m.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
                 m.set_reduce_scatter_unused_params(True, recurse=False)  # an MoE expert idle on one rank only
-    return model
+    return root
 
 
 def _units(model) -> list:
@@ -182,6 +208,70 @@ def broadcast_object(obj):
     box = [obj]
     td.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """fn() on rank 0 alone (writing the run folder, deciding what is cached) and its result on every rank. If
+    it fails, every rank raises: an R1kitError as the same one line, anything else as the original on rank 0 and
+    a one-line R1kitError naming it elsewhere. So no rank waits forever for a rank that gave up."""
+    from r1kit.errors import R1kitError
+
+    d = current()
+    if not d.on:
+        return fn()
+    result, problem, err = None, None, None
+    if d.main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - told to every rank, then re-raised here
+            err = e
+            problem = str(e) if isinstance(e, R1kitError) else f"rank 0 failed: {type(e).__name__}: {e}"
+    result, problem = broadcast_object((result, problem))
+    if problem is not None:
+        e = err if err is not None else R1kitError(problem)
+        e.r1kit_agreed = True
+        raise e
+    return result
+
+
+def share(items: Sequence[T]) -> tuple[list[T], int]:
+    """This rank's contiguous share of a global list and the global index of its first item; the shares of
+    ranks 0..N-1 concatenated are the list (the whole list with one process)."""
+    d = current()
+    lo, hi = len(items) * d.rank // d.world, len(items) * (d.rank + 1) // d.world
+    return list(items[lo:hi]), lo
+
+
+def check_batch(n: int, what: str) -> None:
+    """Every rank needs a row of each batch: a batch smaller than the world is a usage error, said before work."""
+    from r1kit.errors import R1kitError
+
+    if n < current().world:
+        raise R1kitError(f"{what} {n} is smaller than the {current().world} processes: each needs a share")
+
+
+def gather_lists(mine: list) -> list:
+    """Every rank's list (picklable items), concatenated in rank order: the inverse of share."""
+    d = current()
+    if not d.on:
+        return mine
+    parts = [None] * d.world
+    td.all_gather_object(parts, mine)
+    return [x for p in parts for x in p]
+
+
+def full_state_dict(model) -> dict:
+    """A model's full state dict for an export: gathered from the shards to rank 0 (other ranks get {}; every rank
+    must call it) under FSDP2, the model's own state dict otherwise."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def main_file(path):
+    """open(path, "w") on rank 0 and a sink elsewhere: logs and metrics are written once, not per rank."""
+    return open(path if current().main else os.devnull, "w")
 
 
 def barrier() -> None:

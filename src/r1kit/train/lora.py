@@ -122,8 +122,9 @@ def _peft_key(name: str, part: str, cfg) -> str:
     return "base_model.model." + hf[: -len(".weight")] + f".{part}.weight"
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base: str = "") -> Path:
-    """adapter_config.json + adapter_model.safetensors in PEFT's layout (PeftModel.from_pretrained reads it)."""
+def save_adapter(model: nn.Module, folder: str | Path, base: str = "", state: dict | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors in PEFT's layout (PeftModel.from_pretrained reads it).
+    state: the model's full state dict, when its own tensors are shards (gathered under FSDP2)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -131,8 +132,9 @@ def save_adapter(model: nn.Module, folder: str | Path, base: str = "") -> Path:
     cfg: LoRAConfig = model.lora_config
     tensors = {}
     for name, m in layers(model).items():
-        tensors[_peft_key(name, "lora_A", model.cfg)] = m.lora_A.detach().contiguous().cpu()
-        tensors[_peft_key(name, "lora_B", model.cfg)] = m.lora_B.detach().contiguous().cpu()
+        for part in ("lora_A", "lora_B"):
+            t = getattr(m, part) if state is None else state[f"{name}.{part}"]
+            tensors[_peft_key(name, part, model.cfg)] = t.detach().contiguous().cpu()
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     conf = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank, "lora_alpha": cfg.alpha,
             "lora_dropout": cfg.dropout, "target_modules": sorted(cfg.targets), "bias": "none",

@@ -91,6 +91,20 @@ def test_torchrun_runs_r1kit_zero_end_to_end(ckpt, tmp_path):
     assert (run_dir / "report.md").exists() and (run_dir / "checkpoint-000002" / "model.safetensors").exists()
 
 
+def test_torchrun_zero_pretrains_the_demo_base_together(tmp_path):
+    """No --model and a cold cache: both ranks pretrain the tiny base (sharded), rank 0 writes the cache once, and
+    nobody waits at a barrier while the other runs collectives."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "r1kit",
+           "zero", "--base-steps", "3", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+           "--max-new-tokens", "6", "--eval-problems", "2", "--run-dir", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    bases = list((tmp_path / ".cache" / "r1kit").glob("base-*"))
+    assert len(bases) == 1 and (bases[0] / "tokenizer.json").exists() and (bases[0] / "corpus.json").exists()
+    assert p.stdout.count("base pretrained") == 1 and (tmp_path / "run" / "report.md").exists()
+
+
 # -- r1kit pipeline ------------------------------------------------------------------------------------------------
 
 RECIPE = """

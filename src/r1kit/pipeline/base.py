@@ -128,14 +128,18 @@ def build_base(cfg: BaseStageConfig, log=print):
     from r1kit.sft import SFTConfig, train
     from r1kit.tokenizer import Tokenizer
 
+    from r1kit.train import dist
+
     key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg) | {"cache": None}, sort_keys=True).encode())
     folder = CACHE / f"base-{key.hexdigest()[:12]}"
-    if cfg.cache and (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+    cached = dist.on_main(lambda: cfg.cache and (folder / "config.json").exists() and
+                          (folder / "tokenizer.json").exists())  # decided once: every rank takes the same path
+    if cached:
         log(f"  reusing the cached base {folder}")
         return load_model(folder), Tokenizer.from_file(folder)
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task, "train", **cfg.task_kw)
-    tok, examples, kinds = build_corpus(task, cfg, Tokenizer.train_bpe)
+    tok, examples, kinds = build_corpus(task, cfg, Tokenizer.train_bpe)  # the same on every rank (seeded)
     tok.template = "r1-zero"  # saved with the base: every command then prompts it the way it was trained
     mcfg = ModelConfig.from_name(cfg.preset).replace(vocab_size=tok.vocab_size, bos_id=tok.bos_id,
                                                      eos_id=tok.eos_id)
@@ -151,12 +155,17 @@ def build_base(cfg: BaseStageConfig, log=print):
     train(model, examples, SFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=50,
                                      seed=cfg.seed, mtp_weight=cfg.mtp_weight), log=show)
     if cfg.cache:
-        save_model(model, folder)
-        tok.save(folder)
-        (folder / "corpus.json").write_text(json.dumps({"config": dataclasses.asdict(cfg),
-                                                        "kinds": dict(Counter(kinds))}, indent=2))
+        save_model(model, folder)  # every rank: a sharded model is gathered, rank 0 writes
+
+        def write_rest():
+            tok.save(folder)
+            (folder / "corpus.json").write_text(json.dumps({"config": dataclasses.asdict(cfg),
+                                                            "kinds": dict(Counter(kinds))}, indent=2))
+        dist.on_main(write_rest)
     log(f"  base pretrained in {time.time() - t0:.0f}s")
-    return model, tok
+    if dist.is_sharded(model) and cfg.cache:  # under torchrun: a plain model, read back from the cache
+        return load_model(folder), tok
+    return model, tok  # sharded without a cache: modelio.save gathers it
 
 
 def run(cfg: BaseStageConfig, inputs: dict, out: Path, ctx):

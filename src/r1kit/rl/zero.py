@@ -78,12 +78,8 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
     if model_path:
         from r1kit.engine.load import load_for_inference
         policy, tok = load_for_inference(model_path, dtype=torch.float32)
-    else:
-        if not d.main:
-            dist.barrier()  # rank 0 pretrains (or finds) the cached base first
+    else:  # under torchrun every rank trains its share of the base; rank 0 writes the cache
         policy, tok = build_base(bc, log)
-        if d.main:
-            dist.barrier()
     template = tok.template
     if lora_cfg is not None and lora_cfg.rank:
         lora.apply(policy, lora_cfg)

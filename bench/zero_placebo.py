@@ -1,10 +1,10 @@
 """The demo's reflection control: R1-Zero on the demo base whose "wait" checks fix slips, against the same recipe on
 a placebo base whose checks never fix anything (a checked slip is restated and carried on).
 
-    .venv/bin/python bench/zero_placebo.py [--seeds 3] [--out runs/placebo-bench] [--threads 2]
+    .venv/bin/python bench/zero_placebo.py [--seeds 3] [--out runs/placebo-bench] [--threads 1]
 
 Each arm is `r1kit zero --seeds N` (base pretraining included, seeds 0..N-1), the placebo arm with `--placebo`; the
-two corpora differ only in what follows "wait, ". If reflection rises because it pays, the reflective-word rate rises
+two corpora differ only in what follows "wait, ". The two arms run at the same time, each with --threads threads. If reflection rises because it pays, the reflective-word rate rises
 in the real arm and not in the placebo arm. Prints per arm the mean and std over seeds of the held-out reflective
 words per response before and after GRPO, pass@1 and length; the last line of stdout is one JSON object.
 """
@@ -20,31 +20,38 @@ import time
 from pathlib import Path
 
 
-def arm(out: Path, seeds: int, threads: int, placebo: bool) -> dict:
+def start(out: Path, seeds: int, threads: int, placebo: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "r1kit", "zero", "--run-dir", str(out), "--seeds", str(seeds)]
     if placebo:
         cmd.append("--placebo")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    t0 = time.time()
-    subprocess.run(cmd, check=True, env=env, stdout=sys.stderr)  # progress goes to stderr; stdout ends in JSON
-    figures = json.loads((out / "summary.json").read_text())["figures"] if seeds > 1 else None
-    if figures is None:  # one seed: the run's own summary
-        from r1kit.rl.report import headline
-        figures = {k: {"values": [v], "mean": v, "std": 0.0}
-                   for k, v in headline(json.loads((out / "summary.json").read_text())).items()}
-    return {"seconds": time.time() - t0, "figures": figures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, env=env, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT)
+
+
+def figures(out: Path, seeds: int) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    if seeds > 1:
+        return summary["figures"]
+    from r1kit.rl.report import headline  # one seed: the run's own summary
+    return {k: {"values": [v], "mean": v, "std": 0.0} for k, v in headline(summary).items()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/placebo-bench")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         sys.exit(f"--out {out} is not empty; pick a new folder")
-    res = {name: arm(out / name, args.seeds, args.threads, name == "placebo") for name in ("checks", "placebo")}
+    t0 = time.time()
+    procs = {name: start(out / name, args.seeds, args.threads, name == "placebo") for name in ("checks", "placebo")}
+    for name, p in procs.items():
+        if p.wait() != 0:
+            sys.exit(f"the {name} arm failed: see {out / name}.log")
+    res = {name: {"figures": figures(out / name, args.seeds), "seconds": time.time() - t0} for name in procs}
     keys = ("reflective words base", "reflective words after", "reflection ratio", "pass@1 base", "pass@1 after",
             "length ratio")
     for name, r in res.items():

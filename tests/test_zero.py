@@ -44,10 +44,10 @@ def test_run_folder_and_resume_after_kill(tmp_path):
     report = (a / "report.md").read_text()
     assert "| pass@1 |" in report and "mean response length" in report and "| thought + reflection |" in report
     samples = [json.loads(line) for line in (a / "samples.jsonl").read_text().splitlines()]
-    assert sorted({s["step"] for s in samples}) == [0, 4]  # the base, then every eval point (--eval-every 5: the end)
+    assert sorted({s["step"] for s in samples}) == [0, 3, 4]  # the base, every 3rd step (--eval-every) and the end
     assert {s["question"] for s in samples if s["step"] == 0} == {s["question"] for s in samples if s["step"] == 4}
     summary = json.loads((a / "summary.json").read_text())
-    assert summary["length_growth"]["points"] == 2
+    assert summary["length_growth"]["points"] == 3
 
     # the same run, killed with SIGKILL once step 2 is checkpointed, then resumed
     p = zero(tmp_path, b)

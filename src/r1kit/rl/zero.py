@@ -23,19 +23,22 @@ from r1kit.eval.heldout import EvalConfig
 from r1kit.rl.grpo import GRPOConfig
 from r1kit.train.lora import DEFAULT_TARGETS, LoRAConfig
 
-# The demo task: sums of 2 to 8 digits. A tiny model adds two digits in its head reliably, eight hardly ever; written
-# out step by step ("4+3=7 7+1=8 ...") every step is a two-number sum, so thinking pays more the longer the question.
-DEMO_TASKS = {"arith": dict(n_terms=(2, 8), max_operand=9, ops="+")}
+# The demo task: left-to-right chains of 2 to 8 operations, "(((3+2)*4)+1)*2", operands 1-5, no step beyond 60.
+# A tiny model learns short chains in its head but not long ones (the value is a polynomial of the operands); written
+# out one operation at a time ("3+2=5 5*4=20 20+1=21 21*2=42") every step is easy, so thinking pays more the longer
+# the question. The train split is large so the base cannot memorise its questions' answers.
+DEMO_TASKS = {"arith": dict(n_terms=(2, 8), max_operand=5, ops="+*", nested=True, max_value=60, size=200_000)}
 
 
 def demo_base(task: str, task_kw: dict, steps: int, seed: int, placebo: bool = False):
     """The tiny demo base (pipeline.base): a DeepSeek-V3-shaped tiny-moe (MLA + MoE + MTP) pretrained on a corpus
-    where 20% of solutions are worked step by step, with slips and occasional "wait" checks, and the rest answer at
-    once. Its prior to think, and its reflection, come from that mix alone."""
+    where half the documents are chat-shaped worked solutions (where the skill is learnt) and half are R1-Zero-template
+    documents, 20% of them worked step by step (with rare slips and "wait" checks) and 80% answered at once. Its
+    prior to think in the R1-Zero template, and its reflection, come from that mix alone."""
     from r1kit.pipeline.base import BaseStageConfig
 
-    return BaseStageConfig(task=task, task_kw=task_kw, preset="tiny-moe", vocab_size=384, worked_frac=0.2,
-                           slip_frac=0.15, check_frac=0.15, placebo=placebo, chat_frac=0.0, steps=steps, seed=seed)
+    return BaseStageConfig(task=task, task_kw=task_kw, preset="tiny-moe", vocab_size=384, chat_frac=0.5,
+                           worked_frac=0.2, slip_frac=0.05, check_frac=0.45, placebo=placebo, steps=steps, seed=seed)
 
 
 def _examples(task, n: int, rng: random.Random):
@@ -139,7 +142,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
          max_new_tokens: int = 80, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
          resume: bool = False, ckpt_every: int = 10, mini_batches: int = 1, mu: int = 1,
          micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto", lora_rank: int = 0, seeds: int = 1,
-         eval_every: int = 5, placebo: bool = False,
+         eval_every: int = 3, placebo: bool = False,
          lora_alpha: float = 32.0, lora_targets: str = ",".join(DEFAULT_TARGETS)) -> None:
     """R1-Zero: GRPO with rule rewards (accuracy + format) on a base model, with held-out pass@1 before and after.
 
@@ -152,7 +155,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         steps: GRPO steps.
         prompts_per_step: questions per step (B).
         group_size: samples per question (G, at least 2: advantages compare a sample with its group).
-        lr: learning rate; 0 = 3e-4 for the tiny base, 3e-6 (the paper's) for a real model.
+        lr: learning rate; 0 = 1e-4 for the tiny base, 3e-6 (the paper's) for a real model.
         beta: k3 KL coefficient.
         max_new_tokens: completion length limit.
         base_steps: pretraining steps of the tiny base.
@@ -201,7 +204,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
     summaries = []
     for s in range(seed, seed + seeds):
         gc = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                        lr=lr or (3e-6 if model else 3e-4), beta=beta, max_new_tokens=max_new_tokens, seed=s,
+                        lr=lr or (3e-6 if model else 1e-4), beta=beta, max_new_tokens=max_new_tokens, seed=s,
                         mini_batches=mini_batches, mu=mu, micro_batch_tokens=micro_batch_tokens,
                         grad_checkpointing=grad_checkpointing)
         folder = run_dir if seeds == 1 else str(Path(run_dir) / f"seed-{s}")

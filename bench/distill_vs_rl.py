@@ -120,17 +120,18 @@ def mean_prompt_len(cfg, tok, n: int = 256) -> float:
 
 
 def sampled(model_dir: Path, task_kw: dict, split: str, k: int, problems: int, temperature: float, top_p: float,
-            max_new_tokens: int, seed: int) -> tuple[float, float, float]:
-    """-> (pass@1, pass@k, mean completion tokens) of a pipeline model on `problems` items of the arith task."""
+            max_new_tokens: int, seed: int, template: str = "r1") -> tuple[float, float, float]:
+    """-> (pass@1, pass@k, mean completion tokens) of a pipeline model on `problems` items of the arith task, under
+    `template` (the students' r1 chat template by default, also for a base that was saved as r1-zero)."""
     from r1kit.eval.heldout import held_out, sample
     from r1kit.pipeline import modelio
     from r1kit.tasks import ChatTask, get_task
 
-    model, tok, meta = modelio.load(model_dir)
+    model, tok, _ = modelio.load(model_dir)
     task = get_task("arith", split, **task_kw)
     examples = held_out(task, problems, seed)
-    scorer = ChatTask(task) if meta["template"] == "r1" else task
-    ss = sample(model, tok, task, examples, k, meta["template"], temperature, top_p, max_new_tokens, seed=seed)
+    scorer = ChatTask(task) if template == "r1" else task
+    ss = sample(model, tok, task, examples, k, template, temperature, top_p, max_new_tokens, seed=seed)
     ok = [scorer.evaluate(s.example, s.text) for s in ss]
     pass_k = sum(max(ok[i * k:(i + 1) * k]) for i in range(len(examples))) / len(examples)
     return sum(ok) / len(ok), pass_k, sum(s.tokens for s in ss) / len(ss)
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
     seeds = args.seeds if args.seeds is not None else d["seeds"]
     run_dir = Path(args.run_dir)
     ev = recipe.eval
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
 
     def stage(name, kind, inputs, config):
         recipe.stages.append(StageSpec(name=name, kind=kind, inputs=inputs, config=config))
@@ -184,9 +185,9 @@ def main(argv=None) -> dict:
     #    (sampled at the RL temperature on training items)
     rl_base = from_dict(RLStageConfig, d["student_rl"])
     p_len = mean_prompt_len(rl_base, tok)
-    sample_kw = dict(split="train", k=rl_base.grpo.group_size, problems=rl_base.grpo.prompts_per_step * 4,
-                     temperature=rl_base.grpo.temperature, top_p=rl_base.grpo.top_p,
-                     max_new_tokens=rl_base.grpo.max_new_tokens, seed=99)
+    sample_kw = {"split": "train", "k": rl_base.grpo.group_size, "problems": rl_base.grpo.prompts_per_step * 4,
+                 "temperature": rl_base.grpo.temperature, "top_p": rl_base.grpo.top_p,
+                 "max_new_tokens": rl_base.grpo.max_new_tokens, "seed": 99}
     c_len = {"student_base": sampled(recs["student_base"].outputs["model"], rl_base.task_kw, **sample_kw)[2]}
     for s in seeds:
         c_len[f"distill_s{s}"] = sampled(recs[f"distill_s{s}"].outputs["model"], rl_base.task_kw, **sample_kw)[2]
@@ -209,16 +210,18 @@ def main(argv=None) -> dict:
         folder = run_dir / name
         rows = read_metrics(folder / "metrics.jsonl", 10 ** 9)
         used[name] = rl_compute(from_dict(RLStageConfig, cfg), tok, rows)
-    held = dict(split="test", k=8, problems=ev["problems"], temperature=ev["temperature"], top_p=ev["top_p"],
-                max_new_tokens=ev["max_new_tokens"], seed=ev.get("seed", 1234))
-    p8 = {n: sampled(recs[n].outputs["model"], ev["task_kw"], **held)[1] for n in ("student_base", "teacher")}
+    held = {"split": "test", "k": 8, "problems": ev["problems"], "temperature": ev["temperature"],
+            "top_p": ev["top_p"], "max_new_tokens": ev["max_new_tokens"], "seed": ev.get("seed", 1234)}
+    # the bases under the chat template (the runner evaluated student_base under r1-zero, the template it was saved
+    # with; RL and distillation both use r1)
+    p = {n: sampled(recs[n].outputs["model"], ev["task_kw"], **held) for n in ("student_base", "teacher")}
     arms = {"distill": [f"distill_s{s}" for s in seeds], "distill_rl": [f"distill_rl_s{s}" for s in seeds]}
     arms |= {f"rl_{m}x": [f"rl_{m}x_s{s}" for s in seeds] for m in d["rl_multiples"]}
     out = {"bench": "distill_vs_rl", "recipe": recipe.source, "seeds": seeds, "eval": ev,
-           "teacher": {"pass@1": recs["teacher"].eval["pass@1"], "pass@8": p8["teacher"],
+           "teacher": {"pass@1": recs["teacher"].eval["pass@1"], "pass@8": p["teacher"][1],
                        "params": recs["teacher_base"].metrics.get("params")},
-           "student_base": {"pass@1": recs["student_base"].eval["pass@1"], "pass@8": p8["student_base"],
-                            "params": recs["student_base"].metrics.get("params")},
+           "student_base": {"pass@1": recs["student_base"].eval["pass@1"], "pass@1_r1": p["student_base"][0],
+                            "pass@8": p["student_base"][1], "params": recs["student_base"].metrics.get("params")},
            "teacher_sampling_tokens": _teacher_tokens(data_path),
            "budget_fte": {s: budget[s].fte for s in seeds}, "arms": {}}
     for arm, names in arms.items():
@@ -245,7 +248,7 @@ def _teacher_tokens(data_path: Path) -> int:
 
 def _table(out: dict, log) -> None:
     log(f"\nteacher pass@1 {out['teacher']['pass@1']:.3f} pass@8 {out['teacher']['pass@8']:.3f}; student base "
-        f"pass@1 {out['student_base']['pass@1']:.3f} pass@8 {out['student_base']['pass@8']:.3f} (hard items)")
+        f"pass@1 {out['student_base']['pass@1_r1']:.3f} pass@8 {out['student_base']['pass@8']:.3f} (hard items, r1 template)")
     log(f"{'arm':<12} {'pass@1 mean +- std':<22} {'runs':<24} {'compute / budget':<20} steps")
     for arm, a in out["arms"].items():
         p = a["pass@1"]

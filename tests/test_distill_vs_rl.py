@@ -84,9 +84,9 @@ def test_rl_compute_matches_the_rollouts(tmp_path, monkeypatch):
 
 
 def test_recipe_parses_and_students_share_template_and_eval():
-    from r1kit.pipeline.stages import default_registry
-
     import yaml
+
+    from r1kit.pipeline.stages import default_registry
 
     rec = load_recipe(ROOT / "recipes" / "distill-vs-rl-tiny.yaml")
     configs = check_recipe(rec, default_registry())

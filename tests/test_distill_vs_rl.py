@@ -94,3 +94,20 @@ def test_recipe_parses_and_students_share_template_and_eval():
     assert d["student_rl"]["template"] == "r1"  # the template distillation SFT trains (pipeline/sft.py)
     assert d["student_rl"]["task_kw"] == rec.eval["task_kw"] == configs["distill_data"].task_kw
     assert configs["student_base"].worked_frac == 0.0 and configs["student_base"].preset == "tiny"
+
+
+def test_student_corpus_never_shows_a_scratchpad():
+    """worked_frac 0 and chat_worked_frac 0: every document, chat-shaped or not, has an empty thought."""
+    from r1kit.pipeline.base import BaseStageConfig, corpus_texts
+    from r1kit.tasks import get_task
+
+    rec = load_recipe(ROOT / "recipes" / "distill-vs-rl-tiny.yaml")
+    spec = next(s for s in rec.stages if s.name == "student_base")
+    cfg = BaseStageConfig(**(spec.config | {"steps": 4, "batch_size": 16}))
+    docs = corpus_texts(get_task(cfg.task, "train", **cfg.task_kw), cfg)
+    assert {k for _, _, k in docs} == {"chat", "bare"}
+    assert not any("=" in c for _, c, _ in docs)  # scratchpad steps are "a+b=c"
+    teacher = BaseStageConfig(**(spec.config | {"steps": 4, "batch_size": 16, "chat_worked_frac": 1.0,
+                                                "worked_frac": 0.0}))
+    assert all("=" in c for p, c, k in corpus_texts(get_task(cfg.task, "train", **cfg.task_kw), teacher)
+               if k == "chat")  # the default: chat documents think

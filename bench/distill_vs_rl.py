@@ -120,14 +120,15 @@ def mean_prompt_len(cfg, tok, n: int = 256) -> float:
 
 
 def sampled(model_dir: Path, task_kw: dict, split: str, k: int, problems: int, temperature: float, top_p: float,
-            max_new_tokens: int, seed: int, template: str = "r1") -> tuple[float, float, float]:
+            max_new_tokens: int, seed: int, template: str = "") -> tuple[float, float, float]:
     """-> (pass@1, pass@k, mean completion tokens) of a pipeline model on `problems` items of the arith task, under
-    `template` (the students' r1 chat template by default, also for a base that was saved as r1-zero)."""
+    `template` (default: the model's own)."""
     from r1kit.eval.heldout import held_out, sample
     from r1kit.pipeline import modelio
     from r1kit.tasks import ChatTask, get_task
 
-    model, tok, _ = modelio.load(model_dir)
+    model, tok, meta = modelio.load(model_dir)
+    template = template or meta["template"]
     task = get_task("arith", split, **task_kw)
     examples = held_out(task, problems, seed)
     scorer = ChatTask(task) if template == "r1" else task
@@ -188,7 +189,8 @@ def main(argv=None) -> dict:
     sample_kw = {"split": "train", "k": rl_base.grpo.group_size, "problems": rl_base.grpo.prompts_per_step * 4,
                  "temperature": rl_base.grpo.temperature, "top_p": rl_base.grpo.top_p,
                  "max_new_tokens": rl_base.grpo.max_new_tokens, "seed": 99}
-    c_len = {"student_base": sampled(recs["student_base"].outputs["model"], rl_base.task_kw, **sample_kw)[2]}
+    c_len = {"student_base": sampled(recs["student_base"].outputs["model"], rl_base.task_kw, template="r1",
+                                     **sample_kw)[2]}
     for s in seeds:
         c_len[f"distill_s{s}"] = sampled(recs[f"distill_s{s}"].outputs["model"], rl_base.task_kw, **sample_kw)[2]
     planned = {}
@@ -212,13 +214,16 @@ def main(argv=None) -> dict:
         used[name] = rl_compute(from_dict(RLStageConfig, cfg), tok, rows)
     held = {"split": "test", "k": 8, "problems": ev["problems"], "temperature": ev["temperature"],
             "top_p": ev["top_p"], "max_new_tokens": ev["max_new_tokens"], "seed": ev.get("seed", 1234)}
-    # the bases under the chat template (the runner evaluated student_base under r1-zero, the template it was saved
-    # with; RL and distillation both use r1)
-    p = {n: sampled(recs[n].outputs["model"], ev["task_kw"], **held) for n in ("student_base", "teacher")}
+    # the student base under the chat template (the runner evaluated it under r1-zero, the template it was saved with;
+    # RL and distillation both use r1); the teacher (the model the distillation data came from) under its own
+    teacher = next(st for st in recipe.stages if st.name == "distill_data").inputs["model"]
+    p = {"student_base": sampled(recs["student_base"].outputs["model"], ev["task_kw"], template="r1", **held),
+         "teacher": sampled(recs[teacher].outputs["model"], ev["task_kw"], **held)}
     arms = {"distill": [f"distill_s{s}" for s in seeds], "distill_rl": [f"distill_rl_s{s}" for s in seeds]}
     arms |= {f"rl_{m}x": [f"rl_{m}x_s{s}" for s in seeds] for m in d["rl_multiples"]}
     out = {"bench": "distill_vs_rl", "recipe": recipe.source, "seeds": seeds, "eval": ev,
-           "teacher": {"pass@1": recs["teacher"].eval["pass@1"], "pass@8": p["teacher"][1],
+           "teacher": {"stage": teacher, "pass@1": recs[teacher].eval["pass@1"], "pass@8": p["teacher"][1],
+                       "template": recs[teacher].eval["template"], "distill_rows": recs["distill_data"].metrics["rows"],
                        "params": recs["teacher_base"].metrics.get("params")},
            "student_base": {"pass@1": recs["student_base"].eval["pass@1"], "pass@1_r1": p["student_base"][0],
                             "pass@8": p["student_base"][1], "params": recs["student_base"].metrics.get("params")},

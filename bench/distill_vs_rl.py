@@ -207,11 +207,12 @@ def main(argv=None) -> dict:
     # 3. measure: the compute each RL run used, pass@1 of every arm, pass@8 of the bases on the hard items
     from r1kit.rl.trainer import read_metrics
 
-    used = {}
+    used, correct = {}, {}
     for name, (mult, s, cfg) in planned.items():
-        folder = run_dir / name
-        rows = read_metrics(folder / "metrics.jsonl", 10 ** 9)
+        rows = read_metrics(run_dir / name / "metrics.jsonl", 10 ** 9)
         used[name] = rl_compute(from_dict(RLStageConfig, cfg), tok, rows)
+        n = rl_base.grpo.prompts_per_step * rl_base.grpo.group_size
+        correct[name] = sum(round(r["accuracy"] * n) for r in rows)  # rollouts with an accuracy reward: the signal
     held = {"split": "test", "k": 8, "problems": ev["problems"], "temperature": ev["temperature"],
             "top_p": ev["top_p"], "max_new_tokens": ev["max_new_tokens"], "seed": ev.get("seed", 1234)}
     # the student base under the chat template (the runner evaluated it under r1-zero, the template it was saved with;
@@ -236,6 +237,7 @@ def main(argv=None) -> dict:
             "compute_fte": fte,
             "compute_vs_budget": [f / budget[int(n.rsplit("_s", 1)[1])].fte for f, n in zip(fte, names)],
             "steps": [recs[n].metrics.get("steps") for n in names],
+            "correct_rollouts": [correct.get(n) for n in names],
             "length": statistics.mean(recs[n].eval["length"] for n in names),
             "cpu_s": sum(recs[n].cpu_seconds for n in names)}
     out |= {"wall_s": time.time() - t0, "machine": f"{platform.machine()} {platform.processor()}".strip(),
@@ -254,11 +256,11 @@ def _teacher_tokens(data_path: Path) -> int:
 def _table(out: dict, log) -> None:
     log(f"\nteacher pass@1 {out['teacher']['pass@1']:.3f} pass@8 {out['teacher']['pass@8']:.3f}; student base "
         f"pass@1 {out['student_base']['pass@1_r1']:.3f} pass@8 {out['student_base']['pass@8']:.3f} (hard items, r1 template)")
-    log(f"{'arm':<12} {'pass@1 mean +- std':<22} {'runs':<24} {'compute / budget':<20} steps")
+    log(f"{'arm':<12} {'pass@1 mean +- std':<22} {'runs':<24} {'compute / budget':<20} {'steps':<18} correct rollouts")
     for arm, a in out["arms"].items():
         p = a["pass@1"]
         log(f"{arm:<12} {p['mean']:.3f} +- {p['std']:.3f}{'':<8} {' '.join(f'{x:.3f}' for x in p['runs']):<24} "
-            f"{' '.join(f'{x:.2f}' for x in a['compute_vs_budget']):<20} {a['steps']}")
+            f"{' '.join(f'{x:.2f}' for x in a['compute_vs_budget']):<20} {a['steps']!s:<18} {a['correct_rollouts']}")
 
 
 if __name__ == "__main__":

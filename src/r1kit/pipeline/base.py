@@ -12,7 +12,9 @@ completion is trained):
   re-check a right one (tasks.synthetic.ArithTask.revised_solution). With `placebo` the checks never fix anything:
   a checked slip is restated and carried on, the control for "reflection rises because it pays".
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
-  answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. Without them a tiny base cannot
+  answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. `chat_worked_frac` of them think
+  (default all); the rest have an empty thought, so a student base can know the chat template without ever
+  seeing a scratchpad (bench/distill_vs_rl.py). Without them a tiny base cannot
   copy operands out of a chat prompt after a few hundred cold-start examples. The thought is the same scratchpad and
   the answer a bare number, so the readable pattern (a summary with a boxed answer) is still cold-start SFT's job.
 - The BPE tokenizer is trained on the corpus plus the fixed strings later stages write (the R1 summary line, the
@@ -51,7 +53,8 @@ class BaseStageConfig:
     slip_frac: float = 0.0  # share of worked solutions with an uncaught slip (a wrong answer)
     check_frac: float = 0.0  # share of worked solutions with one "wait, ..." check (half fix a slip)
     placebo: bool = False  # checks restate a slip instead of fixing it
-    chat_frac: float = 0.3  # share of documents in the R1 chat template (always worked, bare answer)
+    chat_frac: float = 0.3  # share of documents in the R1 chat template (a thought, then the bare answer)
+    chat_worked_frac: float = 1.0  # share of chat documents whose thought is the scratchpad; the rest think nothing
     steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
     batch_size: int = 32
     lr: float = 3e-3
@@ -64,7 +67,7 @@ class BaseStageConfig:
 
         if self.preset not in PRESETS:  # checked with the recipe, not when the stage starts
             raise R1kitError(f"preset: unknown preset {self.preset!r} (presets: {', '.join(sorted(PRESETS))})")
-        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac"):
+        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise R1kitError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.slip_frac + self.check_frac > 1:
@@ -91,7 +94,9 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
         ex = task[rng.randrange(len(task))]
         if rng.random() < cfg.chat_frac:
             prompt = render_r1([{"role": "user", "content": ex.question}])  # ends in "<think>\n"
-            docs.append((prompt, f"{ex.meta['scratchpad']}\n</think>\n\n{ex.answer}", "chat"))
+            # the extra draw only when some chat documents are bare, so corpora made before it are unchanged
+            worked = cfg.chat_worked_frac >= 1 or rng.random() < cfg.chat_worked_frac
+            docs.append((prompt, f"{ex.meta['scratchpad'] if worked else ''}\n</think>\n\n{ex.answer}", "chat"))
             continue
         if rng.random() >= cfg.worked_frac:
             kind, completion = "bare", task.bare_solution(ex)
@@ -130,7 +135,10 @@ def build_base(cfg: BaseStageConfig, log=print):
 
     from r1kit.train import dist
 
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg) | {"cache": None}, sort_keys=True).encode())
+    fields = dataclasses.asdict(cfg) | {"cache": None}
+    if cfg.chat_worked_frac == 1.0:  # the default makes the corpus of before the field: keep those cached bases
+        del fields["chat_worked_frac"]
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     folder = CACHE / f"base-{key.hexdigest()[:12]}"
     cached = dist.on_main(lambda: cfg.cache and (folder / "config.json").exists() and
                           (folder / "tokenizer.json").exists())  # decided once: every rank takes the same path

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -66,6 +67,7 @@ def _close() -> None:
     failed alone skips the barrier (its peers may be inside a collective it never joins): it exits at once, and
     torchrun stops the others, or their next collective fails on the closed connection."""
     if td.is_initialized():
+        store, world = td.distributed_c10d._get_default_store(), td.get_world_size()
         try:
             if not _failed[0]:
                 td.barrier()
@@ -73,6 +75,18 @@ def _close() -> None:
             pass  # a peer is already gone
         finally:
             td.destroy_process_group()
+        if _failed[0]:
+            return
+        # Exit only once every rank has torn its group down: a rank that exits (closing its sockets) while a peer is
+        # still inside destroy_process_group made gloo's threads abort that peer ("terminate called without an
+        # active exception"), about one run in seven. torchrun's store outlives the groups.
+        try:
+            store.add("r1kit/closed", 1)
+            deadline = time.monotonic() + 30
+            while store.add("r1kit/closed", 0) < world and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except RuntimeError:
+            pass  # the store went away: nobody is left to wait for
 
 
 def mark_failed() -> None:

@@ -3,6 +3,8 @@ tests/test_dist.py; not a test module itself).
 
     python tests/dist_job.py grpo CKPT OUT STEPS        # or: torchrun --nproc_per_node 2 tests/dist_job.py ...
 """
+import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -56,7 +58,7 @@ def sft(ckpt: str, out: str, steps: int):
 
 def rm(ckpt: str, out: str, steps: int):
     from r1kit.checkpoint.hf import load_model
-    from r1kit.pipeline.reward_model import RewardModel, RewardModelConfig, save_rm, synthetic_pairs
+    from r1kit.pipeline.reward_model import RewardModel, RewardModelConfig, save_rm, synthetic_pairs, train_reward_model
     from r1kit.tasks import get_task
     from r1kit.tokenizer import Tokenizer
 
@@ -64,13 +66,10 @@ def rm(ckpt: str, out: str, steps: int):
     model, tok = RewardModel(load_model(ckpt)), Tokenizer.from_file(ckpt)
     pairs = synthetic_pairs(get_task("arith", split="train", n_terms=2), 40)
     cfg = RewardModelConfig(steps=steps, batch_size=7, lr=1e-3, warmup=1)  # 7: the ranks' shares differ (3 + 4)
-    train_reward_model(model, tok, pairs, cfg)
+    losses = train_reward_model(model, tok, pairs, cfg)
     save_rm(model, tok, Path(out), 0.0, 1.0)
-
-
-def train_reward_model(*args):
-    from r1kit.pipeline.reward_model import train_reward_model as train
-    print("losses", train(*args))
+    # one file per rank: both ranks printing to one pipe could interleave mid-line
+    (Path(out) / f"losses.{os.environ.get('RANK', '0')}.json").write_text(json.dumps(losses))
 
 
 def lonely_error(ckpt: str, out: str, steps: int):

@@ -69,11 +69,10 @@ def test_reward_model_two_ranks_equal_one(ckpt, tmp_path):
     assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))
     assert_same(torch.load(tmp_path / "two" / "rm_head.pt"), torch.load(tmp_path / "one" / "rm_head.pt"))
     assert torch.load(tmp_path / "one" / "rm_head.pt")["weight"].abs().sum() > 0  # it trained (from zeros)
-    assert two.count("losses") == 2  # the logged losses are the global ones, equal on both ranks
-    lines = sorted(x for x in two.splitlines() if x.startswith("losses"))
-    assert lines[0] == lines[1]
-    assert [round(float(v), 4) for v in lines[0][8:-1].split(", ")] == \
-        [round(float(v), 4) for v in one.strip().splitlines()[-1][8:-1].split(", ")]
+    per_rank = [json.loads((tmp_path / "two" / f"losses.{r}.json").read_text()) for r in (0, 1)]
+    assert per_rank[0] == per_rank[1]  # the logged losses are the global ones, equal on both ranks
+    assert [round(v, 4) for v in per_rank[0]] == \
+        [round(v, 4) for v in json.loads((tmp_path / "one" / "losses.0.json").read_text())]
 
 
 def test_torchrun_runs_r1kit_zero_end_to_end(ckpt, tmp_path):

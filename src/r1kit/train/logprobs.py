@@ -86,7 +86,12 @@ def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature:
     mask = mask.bool()
     start = int(mask.any(0).nonzero()[0]) if mask.any() else mask.shape[1]  # prompt positions need no head
     start = min(start, ids.shape[1] - 2)
-    h = shared_prefix.forward(model, ids[:, :-1], start=start, hidden=True)  # (N, T-1-start, D)
+    from r1kit.train import dist
+
+    # Under torchrun every rank must make the same FSDP calls (each backward reduce-scatters), and whether a rank's
+    # rows share a prefix differs by rank: there, every forward is the plain one.
+    min_prefix = ids.shape[1] if dist.current().on else 16
+    h = shared_prefix.forward(model, ids[:, :-1], min_prefix=min_prefix, start=start, hidden=True)  # (N, T-1-start, D)
     sel = mask[:, start:]
     logp, ent = token_logprobs(h[sel], model.lm_head.weight, ids[:, start + 1:][sel], temperature, chunk)
     out_lp = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)

@@ -64,8 +64,8 @@ def test_sft_two_ranks_equal_one(ckpt, tmp_path):
 
 def test_reward_model_two_ranks_equal_one(ckpt, tmp_path):
     """Bradley-Terry training sharded with FSDP2, each rank scoring its share of the step's pairs."""
-    one = run(["rm", ckpt, tmp_path / "one", 3])
-    two = run(["rm", ckpt, tmp_path / "two", 3], ranks=2)
+    run(["rm", ckpt, tmp_path / "one", 3])
+    run(["rm", ckpt, tmp_path / "two", 3], ranks=2)
     assert_same(load_state_dict(tmp_path / "two"), load_state_dict(tmp_path / "one"))
     assert_same(torch.load(tmp_path / "two" / "rm_head.pt"), torch.load(tmp_path / "one" / "rm_head.pt"))
     assert torch.load(tmp_path / "one" / "rm_head.pt")["weight"].abs().sum() > 0  # it trained (from zeros)

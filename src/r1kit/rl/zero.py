@@ -8,12 +8,10 @@ has to discover that thinking pays. The same command trains a real checkpoint wi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch

@@ -74,12 +74,10 @@ def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig
     from r1kit.rewards import chain_of_thought, format_ok, format_r1_ok, language_consistency, reflection_rate
     from r1kit.train import dist
 
-    d = dist.current()
-    bounds = [len(examples) * r // d.world for r in range(d.world + 1)]
-    mine = examples[bounds[d.rank]:bounds[d.rank + 1]]
+    mine, first = dist.share(examples)
     scorer = ChatTask(task) if template == "r1" else task
     samples = sample(model, tok, task, mine, cfg.k, template, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                     cfg.seed, engine=engine, first=bounds[d.rank]) if mine else []
+                     cfg.seed, engine=engine, first=first) if mine else []
     fmt = format_r1_ok if template == "r1" else format_ok
     rows = []
     for s in samples:
@@ -87,11 +85,7 @@ def evaluate_examples(model, tok, task, examples, template: str, cfg: EvalConfig
         rows.append((float(scorer.evaluate(s.example, s.text)), s.tokens, float(fmt(s.text)), reflection_rate(s.text),
                      language_consistency(thought, s.example.meta.get("lang") or "en"), s.truncated, s.text,
                      bool(thought.strip()), s.example.question))
-    if d.on:
-        import torch.distributed as td
-        parts = [None] * d.world
-        td.all_gather_object(parts, rows)
-        rows = [r for p in parts for r in p]
+    rows = dist.gather_lists(rows)
     n = len(rows)
     mean = lambda i: sum(r[i] for r in rows) / n  # noqa: E731
     scored = [r[4] for r in rows if r[4] is not None]

@@ -366,36 +366,6 @@ def test_revised_solutions_slip_fix_confirm_placebo():
         task.revised_solution(ex, "maybe", random.Random(0))
 
 
-def test_chunked_steps_and_checks_that_redo_them_one_operation_at_a_time():
-    import random
-
-    from r1kit.tasks.synthetic import arith_steps
-
-    steps = arith_steps([3, 5, 2, 4, 1], ["+", "*", "-", "+"], nested=True, chunk=2)
-    assert steps == (["(3+5)*2=16", "(16-4)+1=13"], 13)
-    assert arith_steps([3, 5, 2], ["+", "*"], nested=True, chunk=3) == (["(3+5)*2=16"], 16)
-    with pytest.raises(R1kitError, match="nested"):
-        ArithTask(chunk=2)
-    task = ArithTask(n_terms=(3, 8), max_operand=5, ops="+*", nested=True, max_value=60, chunk=2, size=80)
-    flat = ArithTask(n_terms=(3, 8), max_operand=5, ops="+*", nested=True, max_value=60, size=80)
-    for ex, fx in zip(task, flat):
-        assert ex.question == fx.question and ex.answer == fx.answer  # the same questions, coarser steps
-        assert len(ex.meta["steps"]) == (len(fx.meta["steps"]) + 1) // 2
-        assert task.evaluate(ex, task.worked_solution(ex)) == 1.0
-        r = random.Random(ex.meta["index"])
-        sols = {k: task.revised_solution(ex, k, random.Random(r.random())) for k in
-                ("fix", "confirm", "echo", "placebo")}
-        for k in ("fix", "confirm", "echo"):
-            assert task.evaluate(ex, sols[k]) == 1.0 and sols[k].count("wait, ") == 1
-        assert task.evaluate(ex, sols["placebo"]) == 0.0
-        # fix and confirm redo the checked step one operation at a time: every redone step is one of the flat steps
-        redo = sols["fix"].split("wait, ")[1].split("</think>")[0].split()
-        assert any(s in fx.meta["steps"] for s in redo) and all("(" not in s for s in redo[:1])
-        # echo and placebo restate it in one go: nothing new is computed
-        checked, again = sols["echo"].split(" wait, ")[0].split()[-1], sols["echo"].split(" wait, ")[1].split()[0]
-        assert checked.removeprefix("<think>") == again.removesuffix("</think>")
-
-
 def test_base_corpus_behaviours_come_from_the_mix_alone():
     """No loss-mask surgery: every completion token is trained; the kinds match the configured shares; bare answers
     are the gold (not planted guesses)."""
@@ -424,4 +394,4 @@ def test_base_corpus_behaviours_come_from_the_mix_alone():
         assert all(mask[first:]) and not any(mask[:first])
     placebo = corpus_texts(task, BaseStageConfig(**{**cfg.__dict__, "placebo": True}))
     pk = Counter(k for _, _, k in placebo)
-    assert pk["fix"] == pk["confirm"] == 0 and pk["placebo"] > 0 and pk["echo"] > 0
+    assert pk["fix"] == 0 and pk["placebo"] > 0

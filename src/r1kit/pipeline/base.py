@@ -55,7 +55,6 @@ class BaseStageConfig:
     placebo: bool = False  # checks restate a slip instead of fixing it
     chat_frac: float = 0.3  # share of documents in the R1 chat template (a thought, then the bare answer)
     chat_worked_frac: float = 1.0  # share of chat documents whose thought is the scratchpad; the rest think nothing
-    facts_frac: float = 0.0  # share of documents that are plain arithmetic, one operation per step, in no template
     steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
     batch_size: int = 32
     lr: float = 3e-3
@@ -68,13 +67,11 @@ class BaseStageConfig:
 
         if self.preset not in PRESETS:  # checked with the recipe, not when the stage starts
             raise R1kitError(f"preset: unknown preset {self.preset!r} (presets: {', '.join(sorted(PRESETS))})")
-        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac", "facts_frac"):
+        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise R1kitError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.slip_frac + self.check_frac > 1:
             raise R1kitError("slip_frac + check_frac must be at most 1")
-        if self.chat_frac + self.facts_frac > 1:
-            raise R1kitError("chat_frac + facts_frac must be at most 1")
 
 
 def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
@@ -95,11 +92,7 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
     docs = []
     for _ in range(cfg.steps * cfg.batch_size):
         ex = task[rng.randrange(len(task))]
-        u = rng.random()
-        if u < cfg.facts_frac:  # (checked first: corpora without facts draw exactly as before)
-            docs.append(("", task.plain_steps(ex), "facts"))
-            continue
-        if u - cfg.facts_frac < cfg.chat_frac:
+        if rng.random() < cfg.chat_frac:
             prompt = render_r1([{"role": "user", "content": ex.question}])  # ends in "<think>\n"
             # the extra draw only when some chat documents are bare, so corpora made before it are unchanged
             worked = cfg.chat_worked_frac >= 1 or rng.random() < cfg.chat_worked_frac
@@ -112,8 +105,7 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
             if u < cfg.slip_frac:
                 kind = "slip"
             elif u < cfg.slip_frac + cfg.check_frac:
-                kind = ("echo" if cfg.placebo else "confirm") if rng.random() < 0.5 else \
-                    "placebo" if cfg.placebo else "fix"
+                kind = "confirm" if rng.random() < 0.5 else "placebo" if cfg.placebo else "fix"
             else:
                 kind = "worked"
             completion = task.worked_solution(ex) if kind == "worked" else task.revised_solution(ex, kind, rng)
@@ -144,9 +136,8 @@ def build_base(cfg: BaseStageConfig, log=print):
     from r1kit.train import dist
 
     fields = dataclasses.asdict(cfg) | {"cache": None}
-    for name, default in (("chat_worked_frac", 1.0), ("facts_frac", 0.0)):
-        if fields[name] == default:  # the default makes the corpus of before the field: keep those cached bases
-            del fields[name]
+    if cfg.chat_worked_frac == 1.0:  # the default makes the corpus of before the field: keep those cached bases
+        del fields["chat_worked_frac"]
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     folder = CACHE / f"base-{key.hexdigest()[:12]}"
     cached = dist.on_main(lambda: cfg.cache and (folder / "config.json").exists() and

@@ -91,21 +91,16 @@ class SyntheticTask(Task):
 
 
 def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None = None,
-                nested: bool = False, chunk: int = 1) -> tuple[list[str], int]:
+                nested: bool = False) -> tuple[list[str], int]:
     """Evaluate with the usual precedence, one operation per step: all `*` left to right, then `+ -` left to right
-    (nested=True: strictly left to right, as the parenthesised "((3+5)*2)-4" reads; chunk=k: k operations folded
-    into each written step, "(3+5)*2=16 16-4=12", which a small model gets wrong more often).
+    (nested=True: strictly left to right, as the parenthesised "((3+5)*2)-4" reads).
     slip=(k, delta): step k's result is written off by delta and carried on (a slip in a worked solution).
 
     >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"])
     (['5*2=10', '3+10=13', '13-4=9'], 9)
     >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"], slip=(1, 2))
     (['5*2=10', '3+10=15', '15-4=11'], 11)
-    >>> arith_steps([3, 5, 2, 4], ["+", "*", "-"], nested=True, chunk=2)
-    (['(3+5)*2=16', '16-4=12'], 12)
     """
-    if chunk > 1 and not nested:
-        raise R1kitError("arith: chunk > 1 needs nested (left-to-right) questions")
     nums, ops = list(numbers), list(ops)
     steps = []
 
@@ -115,44 +110,14 @@ def arith_steps(numbers: list[int], ops: list[str], slip: tuple[int, int] | None
         steps.append(f"{a}{op}{b}={c}")
         return c
 
-    def apply(a, op, b):
-        return a * b if op == "*" else a + b if op == "+" else a - b
-
     while "*" in ops and not nested:
         k = ops.index("*")
         nums[k : k + 2] = [write(nums[k], "*", nums[k + 1], nums[k] * nums[k + 1])]
         del ops[k]
-    if chunk == 1:
-        while ops:
-            a, b, op = nums[0], nums[1], ops.pop(0)
-            nums[0:2] = [write(a, op, b, apply(a, op, b))]
-        return steps, nums[0]
-    value, rest = nums[0], list(zip(ops, nums[1:]))
-    while rest:
-        group, rest = rest[:chunk], rest[chunk:]
-        text, c = str(value), value
-        for i, (op, b) in enumerate(group):
-            text = f"({text}{op}{b})" if i < len(group) - 1 else f"{text}{op}{b}"
-            c = apply(c, op, b)
-        if slip is not None and len(steps) == slip[0]:
-            c += slip[1]
-        steps.append(f"{text}={c}")
-        value = c
-    return steps, value
-
-
-def _fold(step: str) -> list[str]:
-    """One operation at a time: "(3+5)*2=16" -> ["3+5=8", "8*2=16"] (the value is recomputed, not copied)."""
-    import re
-
-    expr = step.split("=")[0].replace("(", "").replace(")", "")
-    parts = re.findall(r"\d+|[+*-]", expr)
-    value, out = int(parts[0]), []
-    for op, b in zip(parts[1::2], parts[2::2]):
-        new = value * int(b) if op == "*" else value + int(b) if op == "+" else value - int(b)
-        out.append(f"{value}{op}{b}={new}")
-        value = new
-    return out
+    while ops:
+        a, b, op = nums[0], nums[1], ops.pop(0)
+        nums[0:2] = [write(a, op, b, a * b if op == "*" else a + b if op == "+" else a - b)]
+    return steps, nums[0]
 
 
 _ARITH_WORDS = {
@@ -174,8 +139,6 @@ class ArithTask(SyntheticTask):
             cannot evaluate in one pass as it can a plain sum.
         max_value: if set, questions whose steps reach a value beyond +-max_value are not drawn (keeps products
             of long chains small enough for a tiny model's scratchpad).
-        chunk: operations per written scratchpad step (nested only): 2 writes "(3+5)*2=16", a step a tiny model
-            often gets wrong in one go, so re-checking it one operation at a time can pay.
         lang: None (symbolic question and scratchpad, no words: best for a tiny model), "en" or "zh" (question and
             scratchpad in words, for the language-consistency stage; needs a tokenizer that covers the script).
     """
@@ -185,14 +148,12 @@ class ArithTask(SyntheticTask):
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, n_terms=(2, 4),
                  max_operand: int = 9, ops: str = "+-*", lang: str | None = None, max_value: int | None = None,
-                 nested: bool = False, chunk: int = 1, **slice_kw):
+                 nested: bool = False, **slice_kw):
         super().__init__(split, size, seed, lang, **slice_kw)
         self.n_terms = _range_arg(n_terms, "n_terms")
         if max_value is not None and max_value < max_operand:
             raise R1kitError(f"arith: max_value must be at least max_operand ({max_operand}), got {max_value}")
-        self.max_value, self.nested, self.chunk = max_value, nested, chunk
-        if chunk < 1 or (chunk > 1 and not nested):
-            raise R1kitError(f"arith: chunk must be 1, or more with nested questions, got {chunk!r}")
+        self.max_value, self.nested = max_value, nested
         if self.n_terms[0] < 2:
             raise R1kitError(f"arith: n_terms must be >= 2, got {n_terms!r}")
         if max_operand < 1:
@@ -212,8 +173,6 @@ class ArithTask(SyntheticTask):
         steps, value = arith_steps(numbers, ops, nested=self.nested)
         if self.max_value is not None and any(abs(int(st.split("=")[1])) > self.max_value for st in steps):
             return None
-        if self.chunk > 1:
-            steps, _ = arith_steps(numbers, ops, nested=True, chunk=self.chunk)
         if self.lang is None:
             question, scratchpad = expr, " ".join(steps)
         else:
@@ -223,46 +182,32 @@ class ArithTask(SyntheticTask):
         return Example(question, str(value), {"expr": expr, "numbers": numbers, "ops": ops, "steps": steps,
                                               "scratchpad": scratchpad})
 
-    def plain_steps(self, example: Example) -> str:
-        """The computation one operation per step, as plain text: arithmetic as a base model meets it outside any
-        solution. "3+5=8 8*2=16"; with chunk > 1, each written step and then its operations, as a textbook works
-        an example: "(3+5)*2: 3+5=8 8*2=16"."""
-        if self.chunk == 1:
-            return " ".join(arith_steps(example.meta["numbers"], example.meta["ops"], nested=self.nested)[0])
-        return " ".join(f"{st.split('=')[0]}: {' '.join(_fold(st))}" for st in example.meta["steps"])
-
     def revised_solution(self, example: Example, revision: str, rng, template: str = "r1-zero") -> str:
         """A worked solution with one imperfection at a random step k, as a corpus of human solutions has:
 
             slip     step k's result is off by 1-3 and carried on: a wrong answer
-            fix      the same slip, then "wait, " and step k redone one operation at a time, carried on: the gold
-            confirm  step k right, then "wait, " and step k redone one operation at a time: the gold answer
-            echo     step k right, then "wait, " and step k restated as it was: the gold answer
-            placebo  the slip, then "wait, " and the same wrong step restated, carried on: a wrong answer
-
-        echo and placebo are checks that never fix anything, the control for "reflection rises because it pays".
-        With chunk 1 a redone step reads as it was, so confirm and echo are the same text.
+            fix      the same slip, then "wait, " and step k redone right, carried on: the gold answer
+            confirm  step k right, then "wait, " and the same step again: the gold answer
+            placebo  the slip, then "wait, " and the same wrong step again, carried on: a wrong answer (a check
+                     that never fixes anything; the control for "reflection rises because it pays")
         """
         if self.lang is not None:
             raise R1kitError("arith: revised solutions are written for symbolic scratchpads (lang None)")
-        nums, ops, kw = example.meta["numbers"], example.meta["ops"], dict(nested=self.nested, chunk=self.chunk)
-        right, _ = arith_steps(nums, ops, **kw)
+        nums, ops = example.meta["numbers"], example.meta["ops"]
+        right, _ = arith_steps(nums, ops, nested=self.nested)
         k = rng.randrange(len(right))
         delta = rng.choice((-1, 1)) * rng.randint(1, 3)
-        slipped, wrong = arith_steps(nums, ops, slip=(k, delta), **kw)
-        redo = "wait, " + " ".join(_fold(right[k]) if self.nested else [right[k]])
+        slipped, wrong = arith_steps(nums, ops, slip=(k, delta), nested=self.nested)
         if revision == "slip":
             steps, answer = slipped, wrong
         elif revision == "fix":
-            steps, answer = slipped[:k + 1] + [redo] + right[k + 1:], int(example.answer)
+            steps, answer = slipped[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
         elif revision == "confirm":
-            steps, answer = right[:k + 1] + [redo] + right[k + 1:], int(example.answer)
-        elif revision == "echo":
             steps, answer = right[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
         elif revision == "placebo":
             steps, answer = slipped[:k + 1] + [f"wait, {slipped[k]}"] + slipped[k + 1:], wrong
         else:
-            raise R1kitError(f"arith: unknown revision {revision!r}; expected slip, fix, confirm, echo or placebo")
+            raise R1kitError(f"arith: unknown revision {revision!r}; expected slip, fix, confirm or placebo")
         return _completion(" ".join(steps), str(answer), template, self.lang)
 
     def guess(self, example: Example) -> str:

@@ -250,7 +250,9 @@ class ArithTask(SyntheticTask):
         k = rng.randrange(len(right))
         delta = rng.choice((-1, 1)) * rng.randint(1, 3)
         slipped, wrong = arith_steps(nums, ops, slip=(k, delta), **kw)
-        redo = "wait, " + " ".join(_fold(right[k]) if self.nested else [right[k]])
+        # the check works the step as the plain documents do ("(3+5)*2: 3+5=8 8*2=16"), a skill learnt elsewhere
+        redo = f"wait, {right[k]}" if self.chunk == 1 else \
+            f"wait, {right[k].split('=')[0]}: {' '.join(_fold(right[k]))}"
         if revision == "slip":
             steps, answer = slipped, wrong
         elif revision == "fix":

@@ -224,12 +224,9 @@ class ArithTask(SyntheticTask):
                                               "scratchpad": scratchpad})
 
     def plain_steps(self, example: Example) -> str:
-        """The computation one operation per step, as plain text: arithmetic as a base model meets it outside any
-        solution. "3+5=8 8*2=16"; with chunk > 1, each written step and then its operations, as a textbook works
-        an example: "(3+5)*2: 3+5=8 8*2=16"."""
-        if self.chunk == 1:
-            return " ".join(arith_steps(example.meta["numbers"], example.meta["ops"], nested=self.nested)[0])
-        return " ".join(f"{st.split('=')[0]}: {' '.join(_fold(st))}" for st in example.meta["steps"])
+        """A question worked one operation per step, as plain text: "((3+5)*2)-4: 3+5=8 8*2=16 16-4=12"."""
+        fine = arith_steps(example.meta["numbers"], example.meta["ops"], nested=self.nested)[0]
+        return f"{example.question}: {' '.join(fine)}"
 
     def revised_solution(self, example: Example, revision: str, rng, template: str = "r1-zero") -> str:
         """A worked solution with one imperfection at a random step k, as a corpus of human solutions has:
@@ -250,9 +247,22 @@ class ArithTask(SyntheticTask):
         k = rng.randrange(len(right))
         delta = rng.choice((-1, 1)) * rng.randint(1, 3)
         slipped, wrong = arith_steps(nums, ops, slip=(k, delta), **kw)
-        # the check works the step as the plain documents do ("(3+5)*2: 3+5=8 8*2=16"), a skill learnt elsewhere
-        redo = f"wait, {right[k]}" if self.chunk == 1 else \
-            f"wait, {right[k].split('=')[0]}: {' '.join(_fold(right[k]))}"
+        fine = " ".join(arith_steps(nums, ops, nested=self.nested)[0])
+        redo = f"wait, {right[k]}" if self.chunk == 1 else f"wait, {fine}"  # a chunked check redoes it all finely
+        if self.chunk > 1:  # the check closes the thought: every chunked step, then the whole chain again finely
+            k = len(right) - 1
+            slipped, wrong = arith_steps(nums, ops, slip=(rng.randrange(len(right)), delta), **kw)
+            if revision in ("echo", "placebo"):
+                redo = "wait, " + " ".join(right if revision == "echo" else slipped)
+            right_, slipped_ = right, slipped
+            if revision == "fix":
+                return _completion(" ".join(slipped_ + [redo]), example.answer, template, self.lang)
+            if revision == "confirm":
+                return _completion(" ".join(right_ + [redo]), example.answer, template, self.lang)
+            if revision == "echo":
+                return _completion(" ".join(right_ + [redo]), example.answer, template, self.lang)
+            if revision == "placebo":
+                return _completion(" ".join(slipped_ + [redo]), str(wrong), template, self.lang)
         if revision == "slip":
             steps, answer = slipped, wrong
         elif revision == "fix":

@@ -198,10 +198,10 @@ def main():
     for L in args.lengths:
         by = {r["who"]: r for r in results if r["L"] == L}
         trl, full, lo = by.get("trl", {}), by.get("r1kit-full", {}), by.get("r1kit-lora", {})
-        if "peak_rss_gib" in trl:
-            summary[L] = {"full_peak_vs_trl": full.get("peak_rss_gib", float("nan")) / trl["peak_rss_gib"],
-                          "lora_peak_vs_trl": lo.get("peak_rss_gib", float("nan")) / trl["peak_rss_gib"],
-                          "trl_time_vs_full": trl["seconds"] / full["seconds"] if "seconds" in full else None}
+        if "peak_rss_gib" in trl:  # null, not NaN (which is not JSON), for a contender this run did not measure
+            summary[L] = {f"{name}_peak_vs_trl": r["peak_rss_gib"] / trl["peak_rss_gib"]
+                          if "peak_rss_gib" in r else None for name, r in (("full", full), ("lora", lo))}
+            summary[L]["trl_time_vs_full"] = trl["seconds"] / full["seconds"] if "seconds" in full else None
     print(json.dumps({"bench": "grpo_memory", "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or
                       platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "G": G, "beta": BETA,
                       "micro_batch_tokens": args.micro_batch_tokens, "grad_checkpointing": args.grad_checkpointing,

@@ -1,5 +1,5 @@
 """The demo's reflection control: R1-Zero on the demo base whose "wait" checks fix slips, against the same recipe on
-a placebo base whose checks never fix anything (a checked slip is restated and carried on).
+a placebo base whose checks never fix anything (the answer is the first value, whatever the check found).
 
     .venv/bin/python bench/zero_placebo.py [--seeds 3] [--out runs/placebo-bench] [--threads 1]
 

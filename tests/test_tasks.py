@@ -341,29 +341,25 @@ def test_countdown_restating_the_question_scores_zero_everywhere():
     assert REWARDS["countdown"]([done, done], ["(8*3)-4"] * 2, truncated=[False, True]) == [1.0, 0.0]
 
 
-def test_revised_solutions_slip_fix_confirm_placebo():
+def test_revised_solutions_fix_confirm_placebo_slip():
     import random
 
     task = ArithTask(n_terms=(2, 8), ops="+", size=60)
     rng = random.Random(0)
     for ex in task:
-        right = task.worked_solution(ex)
         sols = {r: task.revised_solution(ex, r, random.Random(rng.random())) for r in
-                ("slip", "fix", "confirm", "placebo")}
+                ("fix", "confirm", "placebo", "slip")}
         assert task.evaluate(ex, sols["slip"]) == 0.0 and "wait" not in sols["slip"]
-        assert task.evaluate(ex, sols["placebo"]) == 0.0 and sols["placebo"].count("wait, ") == 1
-        for r in ("fix", "confirm"):
-            assert task.evaluate(ex, sols[r]) == 1.0 and sols[r].count("wait, ") == 1
-            assert sols[r].replace("<think>", "").split(" wait, ")[0] != right  # the check sits inside the thought
-    # a fix redoes the slipped step right; a placebo restates the slipped step
-    ex = task[0]
-    fix = task.revised_solution(ex, "fix", random.Random(1))
-    placebo = task.revised_solution(ex, "placebo", random.Random(1))
-    bad, redo = fix.split(" wait, ")[0].split()[-1].removeprefix("<think>"), fix.split(" wait, ")[1].split()[0]
-    assert bad.split("=")[0] == redo.split("=")[0] and bad != redo and redo in ex.meta["steps"]
-    assert placebo.split(" wait, ")[1].split()[0] == bad
+        for r in ("fix", "confirm", "placebo"):  # a head value, then the whole scratchpad as the check
+            first, check = sols[r].removeprefix("<think>").split("</think>")[0].split(" wait, ")
+            assert check == ex.meta["scratchpad"] and sols[r].count("wait") == 1
+            assert (first == ex.answer) == (r == "confirm")
+        assert task.evaluate(ex, sols["fix"]) == 1.0 and task.evaluate(ex, sols["confirm"]) == 1.0
+        # the placebo's answer is its wrong head value, whatever the check found
+        assert task.evaluate(ex, sols["placebo"]) == 0.0
+        assert sols["placebo"].split("<answer>")[1].split("<")[0] == sols["placebo"].split("<think>")[1].split()[0]
     with pytest.raises(R1kitError, match="revision"):
-        task.revised_solution(ex, "maybe", random.Random(0))
+        task.revised_solution(task[0], "maybe", random.Random(0))
 
 
 def test_base_corpus_behaviours_come_from_the_mix_alone():
@@ -375,12 +371,13 @@ def test_base_corpus_behaviours_come_from_the_mix_alone():
     from r1kit.tokenizer import Tokenizer
 
     cfg = BaseStageConfig(task="arith", task_kw={"n_terms": (2, 8), "ops": "+"}, worked_frac=0.2, slip_frac=0.15,
-                          check_frac=0.15, chat_frac=0.0, steps=100, batch_size=32)
+                          check_frac=0.04, chat_frac=0.0, steps=100, batch_size=32)
     task = get_task("arith", "train", **cfg.task_kw)
     docs = corpus_texts(task, cfg)
     kinds = Counter(k for _, _, k in docs)
     n = len(docs)
-    assert abs(kinds["bare"] / n - 0.8) < 0.03
+    assert abs(kinds["bare"] / n - 0.76) < 0.03
+    assert abs(kinds["slip"] / (kinds["slip"] + kinds["worked"]) - 0.15) < 0.05
     assert (kinds["fix"] + kinds["confirm"]) / n <= 0.05 and kinds["fix"] > 0 and kinds["confirm"] > 0
     assert kinds["placebo"] == 0
     bare = [(p, c) for p, c, k in docs if k == "bare"]

@@ -6,11 +6,14 @@ completion is trained):
 
 - `worked_frac` of the solutions think step by step in <think> (the task's scratchpad), the rest give the answer at
   once after an empty thought. Bare answers are the gold, so the base learns to compute it "in its head": right on
-  easy questions, often wrong on long ones. How often the base chooses to think is then about `worked_frac`.
-- Worked solutions are imperfect, as people's are: `slip_frac` of them carry a slip (a step off by a little, so a
-  wrong answer), and `check_frac` of them hold one "wait, ..." check step: half redo a slipped step right, half
-  re-check a right one (tasks.synthetic.ArithTask.revised_solution). With `placebo` the checks never fix anything:
-  a checked slip is restated and carried on, the control for "reflection rises because it pays".
+  easy questions, often wrong on long ones. `slip_frac` of the worked solutions carry a slip (a step off by a
+  little, so a wrong answer), as people's do.
+- `check_frac` of the solutions state a value worked out in the head inside the thought, then "wait, " and check
+  it with the scratchpad ("<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think>"): half of those first values are
+  wrong and the check fixes them, half are right and the check confirms them
+  (tasks.synthetic.ArithTask.revised_solution).
+  With `placebo` the checks never fix anything: the answer is the first value whatever the check found, the control
+  for "reflection rises because it pays".
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
   answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. `chat_worked_frac` of them think
   (default all); the rest have an empty thought, so a student base can know the chat template without ever
@@ -51,8 +54,8 @@ class BaseStageConfig:
     vocab_size: int = 512  # BPE trained on the corpus
     worked_frac: float = 0.2  # share of solutions that think step by step; the rest answer at once
     slip_frac: float = 0.0  # share of worked solutions with an uncaught slip (a wrong answer)
-    check_frac: float = 0.0  # share of worked solutions with one "wait, ..." check (half fix a slip)
-    placebo: bool = False  # checks restate a slip instead of fixing it
+    check_frac: float = 0.0  # share of solutions whose head value is checked: "wait, " and the scratchpad
+    placebo: bool = False  # checks that never fix anything: the answer is the head value
     chat_frac: float = 0.3  # share of documents in the R1 chat template (a thought, then the bare answer)
     chat_worked_frac: float = 1.0  # share of chat documents whose thought is the scratchpad; the rest think nothing
     steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
@@ -70,8 +73,8 @@ class BaseStageConfig:
         for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise R1kitError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.slip_frac + self.check_frac > 1:
-            raise R1kitError("slip_frac + check_frac must be at most 1")
+        if self.worked_frac + self.check_frac > 1:
+            raise R1kitError("worked_frac + check_frac must be at most 1")
 
 
 def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
@@ -98,17 +101,16 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
             worked = cfg.chat_worked_frac >= 1 or rng.random() < cfg.chat_worked_frac
             docs.append((prompt, f"{ex.meta['scratchpad'] if worked else ''}\n</think>\n\n{ex.answer}", "chat"))
             continue
-        if rng.random() >= cfg.worked_frac:
-            kind, completion = "bare", task.bare_solution(ex)
+        # one draw picks the kind, so corpora without checks are those made before them
+        u = rng.random()
+        if u < cfg.worked_frac:
+            kind = "slip" if rng.random() < cfg.slip_frac else "worked"
+        elif u < cfg.worked_frac + cfg.check_frac:
+            kind = "confirm" if rng.random() < 0.5 else "placebo" if cfg.placebo else "fix"
         else:
-            u = rng.random()
-            if u < cfg.slip_frac:
-                kind = "slip"
-            elif u < cfg.slip_frac + cfg.check_frac:
-                kind = "confirm" if rng.random() < 0.5 else "placebo" if cfg.placebo else "fix"
-            else:
-                kind = "worked"
-            completion = task.worked_solution(ex) if kind == "worked" else task.revised_solution(ex, kind, rng)
+            kind = "bare"
+        completion = task.bare_solution(ex) if kind == "bare" else task.worked_solution(ex) if kind == "worked" \
+            else task.revised_solution(ex, kind, rng)
         docs.append((task.prompt(ex, template="r1-zero"), " " + completion.lstrip(), kind))
     return docs
 

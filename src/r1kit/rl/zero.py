@@ -2,8 +2,8 @@
 held-out pass@1 before and after, and a run folder with metrics, TensorBoard events, checkpoints, report and plots.
 
 On a 2-core CPU the tiny base is a DeepSeek-V3-architecture model (tiny-moe: MLA + MoE + MTP) pretrained on a
-synthetic corpus where a minority of solutions show their work in <think> and the rest state a bare answer; RL
-has to discover that thinking pays. The same command trains a real checkpoint with `--model PATH --task gsm8k`.
+synthetic corpus where most R1-Zero-format solutions state a bare answer and a few check a first guess step by step
+("wait, ..."); RL has to discover that checking pays. The same command trains a real checkpoint with `--model PATH --task gsm8k`.
 """
 from __future__ import annotations
 
@@ -31,12 +31,13 @@ DEMO_TASKS = {"arith": dict(n_terms=(2, 8), max_operand=5, ops="+*", nested=True
 def demo_base(task: str, task_kw: dict, steps: int, seed: int, placebo: bool = False):
     """The tiny demo base (pipeline.base): a DeepSeek-V3-shaped tiny-moe (MLA + MoE + MTP) pretrained on a corpus
     where half the documents are chat-shaped worked solutions (where the skill is learnt) and half are R1-Zero-template
-    documents, 20% of them worked step by step (with rare slips and "wait" checks) and 80% answered at once. Its
-    prior to think in the R1-Zero template, and its reflection, come from that mix alone."""
+    documents: 91% answered at once, 9% (4.5% of all documents) stating a first value in the thought, then "wait, "
+    and checking it step by step, which fixes half of those values. Its prior to think and to reflect in the R1-Zero
+    template come from that mix alone; RL has to find that checking pays."""
     from r1kit.pipeline.base import BaseStageConfig
 
     return BaseStageConfig(task=task, task_kw=task_kw, preset="tiny-moe", vocab_size=384, chat_frac=0.5,
-                           worked_frac=0.2, slip_frac=0.05, check_frac=0.45, placebo=placebo, steps=steps, seed=seed)
+                           worked_frac=0.0, check_frac=0.09, placebo=placebo, steps=steps, seed=seed)
 
 
 def _examples(task, n: int, rng: random.Random):
@@ -171,7 +172,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         seeds: run the whole recipe (base included) for seeds seed .. seed+N-1 in RUN_DIR/seed-K, then write
             RUN_DIR/summary.json and summary.md with the mean and std of every headline figure.
         eval_every: steps between held-out evaluations (same problems, same settings as before and after).
-        placebo: the control experiment: the demo base's "wait" checks never fix a slip (docs/BENCHMARKS.md).
+        placebo: the control experiment: the demo base's "wait" checks never fix anything (docs/BENCHMARKS.md).
     """
     for name, value, low in (("steps", steps, 1), ("prompts_per_step", prompts_per_step, 1),
                              ("group_size", group_size, 2), ("max_new_tokens", max_new_tokens, 1),

@@ -183,32 +183,32 @@ class ArithTask(SyntheticTask):
                                               "scratchpad": scratchpad})
 
     def revised_solution(self, example: Example, revision: str, rng, template: str = "r1-zero") -> str:
-        """A worked solution with one imperfection at a random step k, as a corpus of human solutions has:
+        """An imperfect solution, as a corpus of human solutions has. The first three state a value worked out in the
+        head, as a bare answer does, but inside the thought, then check it:
 
-            slip     step k's result is off by 1-3 and carried on: a wrong answer
-            fix      the same slip, then "wait, " and step k redone right, carried on: the gold answer
-            confirm  step k right, then "wait, " and the same step again: the gold answer
-            placebo  the slip, then "wait, " and the same wrong step again, carried on: a wrong answer (a check
-                     that never fixes anything; the control for "reflection rises because it pays")
+            fix      a wrong value (off by 1-3), then "wait, " and the scratchpad, whose result is the answer:
+                     "<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think> <answer>42</answer>"
+            confirm  the right value, then "wait, " and the scratchpad: the gold answer
+            placebo  the wrong value, the same check, but the answer is the first value: a check that never fixes
+                     anything (the control for "reflection rises because it pays")
+            slip     the scratchpad with one step off by 1-3, carried on: a wrong answer
         """
         if self.lang is not None:
             raise R1kitError("arith: revised solutions are written for symbolic scratchpads (lang None)")
-        nums, ops = example.meta["numbers"], example.meta["ops"]
-        right, _ = arith_steps(nums, ops, nested=self.nested)
-        k = rng.randrange(len(right))
+        nums, ops, gold = example.meta["numbers"], example.meta["ops"], int(example.answer)
+        right = example.meta["scratchpad"]
         delta = rng.choice((-1, 1)) * rng.randint(1, 3)
-        slipped, wrong = arith_steps(nums, ops, slip=(k, delta), nested=self.nested)
+        wrong = gold + delta if gold + delta >= 0 else gold - delta
         if revision == "slip":
-            steps, answer = slipped, wrong
-        elif revision == "fix":
-            steps, answer = slipped[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
-        elif revision == "confirm":
-            steps, answer = right[:k + 1] + [f"wait, {right[k]}"] + right[k + 1:], int(example.answer)
-        elif revision == "placebo":
-            steps, answer = slipped[:k + 1] + [f"wait, {slipped[k]}"] + slipped[k + 1:], wrong
+            steps, answer = arith_steps(nums, ops, slip=(rng.randrange(len(example.meta["steps"])), delta),
+                                        nested=self.nested)
+            think = " ".join(steps)
+        elif revision in ("fix", "confirm", "placebo"):
+            first = gold if revision == "confirm" else wrong
+            think, answer = f"{first} wait, {right}", gold if revision != "placebo" else wrong
         else:
-            raise R1kitError(f"arith: unknown revision {revision!r}; expected slip, fix, confirm or placebo")
-        return _completion(" ".join(steps), str(answer), template, self.lang)
+            raise R1kitError(f"arith: unknown revision {revision!r}; expected fix, confirm, placebo or slip")
+        return _completion(think, str(answer), template, self.lang)
 
     def guess(self, example: Example) -> str:
         # The classic mistake: evaluate left to right, ignoring precedence; else off by a little.

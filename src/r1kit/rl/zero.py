@@ -137,11 +137,11 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
 
 
 def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", eval_data: str = "",
-         steps: int = 60, prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
+         steps: int = 80, prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
          max_new_tokens: int = 80, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
          resume: bool = False, ckpt_every: int = 10, mini_batches: int = 1, mu: int = 1,
          micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto", lora_rank: int = 0, seeds: int = 1,
-         eval_every: int = 3, placebo: bool = False,
+         eval_every: int = 4, placebo: bool = False,
          lora_alpha: float = 32.0, lora_targets: str = ",".join(DEFAULT_TARGETS)) -> None:
     """R1-Zero: GRPO with rule rewards (accuracy + format) on a base model, with held-out pass@1 before and after.
 
@@ -154,7 +154,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
         steps: GRPO steps.
         prompts_per_step: questions per step (B).
         group_size: samples per question (G, at least 2: advantages compare a sample with its group).
-        lr: learning rate; 0 = 1e-4 for the tiny base, 3e-6 (the paper's) for a real model.
+        lr: learning rate; 0 = 2e-4 for the tiny base, 3e-6 (the paper's) for a real model.
         beta: k3 KL coefficient.
         max_new_tokens: completion length limit.
         base_steps: pretraining steps of the tiny base.
@@ -203,7 +203,7 @@ def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data:
     summaries = []
     for s in range(seed, seed + seeds):
         gc = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                        lr=lr or (3e-6 if model else 1e-4), beta=beta, max_new_tokens=max_new_tokens, seed=s,
+                        lr=lr or (3e-6 if model else 2e-4), beta=beta, max_new_tokens=max_new_tokens, seed=s,
                         mini_batches=mini_batches, mu=mu, micro_batch_tokens=micro_batch_tokens,
                         grad_checkpointing=grad_checkpointing)
         folder = run_dir if seeds == 1 else str(Path(run_dir) / f"seed-{s}")

@@ -33,8 +33,12 @@ def figures(out: Path, seeds: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     if seeds > 1:
         return summary["figures"]
-    from r1kit.rl.report import headline  # one seed: the run's own summary
-    return {k: {"values": [v], "mean": v, "std": 0.0} for k, v in headline(summary).items()}
+    from r1kit.rl.report import seed_stats, headline  # one seed: the run's own summary
+    return {k: seed_stats([v]) for k, v in headline(summary).items()}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def main():
@@ -55,7 +59,7 @@ def main():
     keys = ("reflective words base", "reflective words after", "reflection ratio", "pass@1 base", "pass@1 after",
             "length ratio")
     for name, r in res.items():
-        print(f"{name}: " + ", ".join(f"{k} {r['figures'][k]['mean']:.3f} ± {r['figures'][k]['std']:.3f}"
+        print(f"{name}: " + ", ".join(f"{k} {_fmt(r['figures'][k]['mean'])} ± {_fmt(r['figures'][k]['std'])}"
                                       for k in keys))
     print(json.dumps({"bench": "zero_placebo", "seeds": args.seeds, "machine": platform.processor() or
                       platform.machine(), "cpus": os.cpu_count(), **{n: {k: r["figures"][k] for k in keys} |

@@ -3,6 +3,7 @@ C.2) and sample completions over training; plus the mean and std of several seed
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -134,21 +135,34 @@ HEADLINE = {"pass@1 base": ("before", "pass@1"), "pass@1 after": ("after", "pass
 def headline(summary: dict) -> dict:
     """The figures a run is judged by, flat."""
     out = {k: summary[w][m] for k, (w, m) in HEADLINE.items()}
-    out["length ratio"] = out["length after"] / max(out["length base"], 1e-9)
-    out["reflection ratio"] = out["reflective words after"] / max(out["reflective words base"], 1e-9)
-    out["largest length jump share"] = summary.get("length_growth", {}).get("largest_jump_share") or float("nan")
+    # a ratio over a base of 0 (no reflective word at step 0) has no value: None, not a huge number
+    out["length ratio"] = out["length after"] / out["length base"] if out["length base"] else None
+    out["reflection ratio"] = (out["reflective words after"] / out["reflective words base"]
+                               if out["reflective words base"] else None)
+    out["largest length jump share"] = summary.get("length_growth", {}).get("largest_jump_share")
     out["seconds"] = summary["seconds"]
     return out
+
+
+def seed_stats(values: list) -> dict:
+    """Mean and std over the seeds where the figure has a value (None elsewhere, and `n` says how many)."""
+    have = [v for v in values if v is not None and math.isfinite(v)]
+    return {"values": values, "n": len(have), "mean": statistics.fmean(have) if have else None,
+            "std": statistics.stdev(have) if len(have) > 1 else (0.0 if have else None)}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def write_seeds(run: Path, summaries: list[dict]) -> Path:
     """RUN/summary.json and summary.md: each headline figure's per-seed values, mean and std."""
     figs = [headline(s) for s in summaries]
-    table = {k: {"values": [f[k] for f in figs], "mean": statistics.fmean(f[k] for f in figs),
-                 "std": statistics.stdev(f[k] for f in figs) if len(figs) > 1 else 0.0} for k in figs[0]}
+    table = {k: seed_stats([f[k] for f in figs]) for k in figs[0]}
     (run / "summary.json").write_text(json.dumps({"seeds": len(figs), "figures": table}, indent=2) + "\n")
     lines = [f"# R1-Zero over {len(figs)} seeds", "", "| figure | mean ± std | per seed |", "|---|---|---|"]
     for k, t in table.items():
-        lines.append(f"| {k} | {t['mean']:.3f} ± {t['std']:.3f} | {', '.join(f'{v:.3f}' for v in t['values'])} |")
+        n = "" if t["n"] == len(figs) else f" (over {t['n']})"
+        lines.append(f"| {k} | {_fmt(t['mean'])} ± {_fmt(t['std'])}{n} | {', '.join(map(_fmt, t['values']))} |")
     (run / "summary.md").write_text("\n".join(lines) + "\n")
     return run / "summary.md"

@@ -3,7 +3,8 @@ held-out pass@1 before and after, and a run folder with metrics, TensorBoard eve
 
 On a 2-core CPU the tiny base is a DeepSeek-V3-architecture model (tiny-moe: MLA + MoE + MTP) pretrained on a
 synthetic corpus where most R1-Zero-format solutions state a bare answer and a few check a first guess step by step
-("wait, ..."); RL has to discover that checking pays. The same command trains a real checkpoint with `--model PATH --task gsm8k`.
+("wait, ..."); RL has to discover that checking pays. The same command trains a real checkpoint with
+`--model PATH --task gsm8k`.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ DEMO_TASKS = {"arith": dict(n_terms=(2, 8), max_operand=5, ops="+*", nested=True
 def demo_base(task: str, task_kw: dict, steps: int, seed: int, placebo: bool = False):
     """The tiny demo base (pipeline.base): a DeepSeek-V3-shaped tiny-moe (MLA + MoE + MTP) pretrained on a corpus
     where half the documents are chat-shaped worked solutions (where the skill is learnt) and half are R1-Zero-template
-    documents: 91% answered at once, 9% (4.5% of all documents) stating a first value in the thought, then "wait, "
-    and checking it step by step, which fixes half of those values. Its prior to think and to reflect in the R1-Zero
-    template come from that mix alone; RL has to find that checking pays."""
+    documents: 91% answered at once, 9% (about 4.5% of all documents) stating a first value in the thought, then
+    "wait, " and checking it step by step, which fixes half of those values. Its prior to think and to reflect in the
+    R1-Zero template come from that mix alone; RL has to find that checking pays."""
     from r1kit.pipeline.base import BaseStageConfig
 
     return BaseStageConfig(task=task, task_kw=task_kw, preset="tiny-moe", vocab_size=384, chat_frac=0.5,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 ARGS = ["--steps", "4", "--ckpt-every", "1", "--base-steps", "20", "--prompts-per-step", "2", "--group-size", "4",
-        "--max-new-tokens", "12", "--eval-problems", "4"]
+        "--max-new-tokens", "12", "--eval-problems", "4", "--eval-every", "3"]
 
 
 def zero(cwd, run_dir, *extra, **kw):

@@ -127,6 +127,14 @@ def build_corpus(task, cfg: BaseStageConfig, tok_factory) -> tuple[object, list,
     return tok, examples, [k for _, _, k in docs]
 
 
+def cache_folder(cfg: BaseStageConfig) -> Path:
+    """Where the base of this config is cached: .cache/r1kit/base-<hash of the config>."""
+    fields = dataclasses.asdict(cfg) | {"cache": None}
+    if cfg.chat_worked_frac == 1.0:  # the default makes the corpus of before the field: keep those cached bases
+        del fields["chat_worked_frac"]
+    return CACHE / f"base-{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
 def build_base(cfg: BaseStageConfig, log=print):
     """Pretrain (or load the cached) base -> (model, tokenizer)."""
     from r1kit.checkpoint.hf import load_model, save_model
@@ -137,11 +145,7 @@ def build_base(cfg: BaseStageConfig, log=print):
 
     from r1kit.train import dist
 
-    fields = dataclasses.asdict(cfg) | {"cache": None}
-    if cfg.chat_worked_frac == 1.0:  # the default makes the corpus of before the field: keep those cached bases
-        del fields["chat_worked_frac"]
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    folder = CACHE / f"base-{key.hexdigest()[:12]}"
+    folder = cache_folder(cfg)
     cached = dist.on_main(lambda: cfg.cache and (folder / "config.json").exists() and
                           (folder / "tokenizer.json").exists())  # decided once: every rank takes the same path
     if cached:

@@ -35,12 +35,8 @@ def figures(out: Path, seeds: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     if seeds > 1:
         return summary["figures"]
-    from r1kit.rl.report import seed_stats, headline  # one seed: the run's own summary
+    from r1kit.rl.report import headline, seed_stats  # one seed: the run's own summary
     return {k: seed_stats([v]) for k, v in headline(summary).items()}
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 def main():
@@ -57,11 +53,13 @@ def main():
     for name, p in procs.items():
         if p.wait() != 0:
             sys.exit(f"the {name} arm failed: see {out / name}.log")
+    from r1kit.rl.report import fmt_figure as fmt
+
     res = {name: {"figures": figures(out / name, args.seeds), "seconds": time.time() - t0} for name in procs}
     keys = ("reflective words base", "reflective words after", "reflection ratio", "pass@1 base", "pass@1 after",
             "length ratio")
     for name, r in res.items():
-        print(f"{name}: " + ", ".join(f"{k} {_fmt(r['figures'][k]['mean'])} ± {_fmt(r['figures'][k]['std'])}"
+        print(f"{name}: " + ", ".join(f"{k} {fmt(r['figures'][k]['mean'])} ± {fmt(r['figures'][k]['std'])}"
                                       for k in keys))
     print(json.dumps({"bench": "zero_placebo", "seeds": args.seeds, "machine": platform.processor() or
                       platform.machine(), "cpus": os.cpu_count(), **{n: {k: r["figures"][k] for k in keys} |

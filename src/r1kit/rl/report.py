@@ -151,7 +151,7 @@ def seed_stats(values: list) -> dict:
             "std": statistics.stdev(have) if len(have) > 1 else (0.0 if have else None)}
 
 
-def _fmt(v) -> str:
+def fmt_figure(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
@@ -163,6 +163,7 @@ def write_seeds(run: Path, summaries: list[dict]) -> Path:
     lines = [f"# R1-Zero over {len(figs)} seeds", "", "| figure | mean ± std | per seed |", "|---|---|---|"]
     for k, t in table.items():
         n = "" if t["n"] == len(figs) else f" (over {t['n']})"
-        lines.append(f"| {k} | {_fmt(t['mean'])} ± {_fmt(t['std'])}{n} | {', '.join(map(_fmt, t['values']))} |")
+        per_seed = ", ".join(map(fmt_figure, t["values"]))
+        lines.append(f"| {k} | {fmt_figure(t['mean'])} ± {fmt_figure(t['std'])}{n} | {per_seed} |")
     (run / "summary.md").write_text("\n".join(lines) + "\n")
     return run / "summary.md"

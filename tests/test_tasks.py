@@ -392,3 +392,26 @@ def test_base_corpus_behaviours_come_from_the_mix_alone():
     placebo = corpus_texts(task, BaseStageConfig(**{**cfg.__dict__, "placebo": True}))
     pk = Counter(k for _, _, k in placebo)
     assert pk["fix"] == 0 and pk["placebo"] > 0
+
+
+def test_asked_documents_ask_for_the_working_and_the_demo_keeps_checks_under_5_percent():
+    """`asked_frac` documents prefix the question with ASK and show the plain scratchpad (no "wait"); the demo
+    corpus's checks stay <= 5% of all documents, and its placebo differs only in the checks' answers."""
+    from collections import Counter
+
+    from r1kit.pipeline.base import ASK, corpus_texts
+    from r1kit.rl import zero as z
+
+    cfg = z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0)
+    task = get_task("arith", "train", **cfg.task_kw)
+    docs = corpus_texts(task, cfg)
+    kinds, n = Counter(k for _, _, k in docs), len(docs)
+    assert abs(kinds["asked"] / n - cfg.asked_frac * (1 - cfg.chat_frac)) < 0.03
+    assert 0.03 < (kinds["fix"] + kinds["confirm"]) / n <= 0.05
+    asked = [(p, c) for p, c, k in docs if k == "asked"]
+    assert all(f"User: {ASK}" in p and "wait" not in c and "=" in c for p, c in asked)
+    assert not any(ASK in p for p, c, k in docs if k != "asked")
+    exs = {task.prompt(ex, template="r1-zero").replace("User: ", "User: " + ASK): ex for ex in task}
+    assert all(task.evaluate(exs[p], c) == 1.0 for p, c in asked[:50])
+    placebo = corpus_texts(task, z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0, placebo=True))
+    assert [(p, c) for p, c, k in placebo if k == "asked"] == asked

@@ -14,6 +14,10 @@ completion is trained):
   (tasks.synthetic.ArithTask.revised_solution).
   With `placebo` the checks never fix anything: the answer is the first value whatever the check found, the control
   for "reflection rises because it pays".
+- `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get the
+  plain scratchpad. The skill is then practised in that template too, not only in the chat one: without them a
+  check in the R1-Zero template copied the wrong operators on two bases of three (bench/check_probe.py). A plain
+  question still gets the mix above, so the base's prior to think on one is unchanged.
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
   answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. `chat_worked_frac` of them think
   (default all); the rest have an empty thought, so a student base can know the chat template without ever
@@ -42,8 +46,10 @@ from pathlib import Path
 import torch
 
 from r1kit.errors import R1kitError
+from r1kit.tasks.common import Example
 
 CACHE = Path(".cache/r1kit")
+ASK = "Show your working. "  # how an `asked_frac` document's question asks for the scratchpad
 
 
 @dataclass
@@ -58,6 +64,7 @@ class BaseStageConfig:
     placebo: bool = False  # checks that never fix anything: the answer is the head value
     chat_frac: float = 0.3  # share of documents in the R1 chat template (a thought, then the bare answer)
     chat_worked_frac: float = 1.0  # share of chat documents whose thought is the scratchpad; the rest think nothing
+    asked_frac: float = 0.0  # share of R1-Zero-template documents whose question asks for the working (ASK)
     steps: int = 2000  # 800 left tiny-moe under-trained: its GRPO was unstable (docs/PIPELINE.md)
     batch_size: int = 32
     lr: float = 3e-3
@@ -70,7 +77,7 @@ class BaseStageConfig:
 
         if self.preset not in PRESETS:  # checked with the recipe, not when the stage starts
             raise R1kitError(f"preset: unknown preset {self.preset!r} (presets: {', '.join(sorted(PRESETS))})")
-        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac"):
+        for name in ("worked_frac", "slip_frac", "check_frac", "chat_frac", "chat_worked_frac", "asked_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise R1kitError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.worked_frac + self.check_frac > 1:
@@ -101,6 +108,10 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
             worked = cfg.chat_worked_frac >= 1 or rng.random() < cfg.chat_worked_frac
             docs.append((prompt, f"{ex.meta['scratchpad'] if worked else ''}\n</think>\n\n{ex.answer}", "chat"))
             continue
+        if cfg.asked_frac and rng.random() < cfg.asked_frac:  # a draw only when asked, so older corpora are unchanged
+            asked = Example(ASK + ex.question, ex.answer, ex.meta)
+            docs.append((task.prompt(asked, template="r1-zero"), " " + task.worked_solution(asked), "asked"))
+            continue
         # one draw picks the kind, so corpora without checks are those made before them
         u = rng.random()
         if u < cfg.worked_frac:
@@ -130,8 +141,9 @@ def build_corpus(task, cfg: BaseStageConfig, tok_factory) -> tuple[object, list,
 def cache_folder(cfg: BaseStageConfig) -> Path:
     """Where the base of this config is cached: .cache/r1kit/base-<hash of the config>."""
     fields = dataclasses.asdict(cfg) | {"cache": None}
-    if cfg.chat_worked_frac == 1.0:  # the default makes the corpus of before the field: keep those cached bases
-        del fields["chat_worked_frac"]
+    for name, default in (("chat_worked_frac", 1.0), ("asked_frac", 0.0)):
+        if fields[name] == default:  # the default makes the corpus of before the field: keep those cached bases
+            del fields[name]
     return CACHE / f"base-{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
 
 

@@ -74,3 +74,14 @@ def test_error_not_a_gguf(tmp_path):
     bad.write_bytes(b"this is not a gguf file at all" * 10)
     code, _, err = run("convert", str(bad), str(tmp_path / "out"))
     _assert_one_line_error(code, err, "bad.gguf")
+
+
+def test_every_subcommand_help_prints(capsys):
+    """`r1kit X --help` for every command: a docstring with "90%" once crashed argparse's %-formatting."""
+    from r1kit.cli import _commands, build_parser
+
+    for name in _commands():
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([name, "--help"])
+        assert e.value.code == 0, name
+        assert "usage: r1kit " + name in capsys.readouterr().out

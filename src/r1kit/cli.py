@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else "", description=doc.split("Args:")[0].strip(),
+        # argparse %-formats help strings: a docstring's "90%" must reach it as "90%%"
+        p = sub.add_parser(name, help=(doc.splitlines()[0] if doc else "").replace("%", "%%"), description=doc.split("Args:")[0].strip(),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         helps = _arg_help(doc)
         hints = typing.get_type_hints(fn)
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                 tp = next(a for a in typing.get_args(tp) if a is not type(None))
             if tp is int:
                 tp = parse_count
-            h = helps.get(pname, "")
+            h = helps.get(pname, "").replace("%", "%%")
             flag = ("-" if len(pname) == 1 else "--") + pname.replace("_", "-")  # -n, -k as users expect
             if param.default is inspect.Parameter.empty:
                 p.add_argument(pname, type=tp, help=h)

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
         # argparse %-formats help strings: a docstring's "90%" must reach it as "90%%"
-        p = sub.add_parser(name, help=(doc.splitlines()[0] if doc else "").replace("%", "%%"), description=doc.split("Args:")[0].strip(),
+        p = sub.add_parser(name, help=(doc.splitlines()[0] if doc else "").replace("%", "%%"),
+                           description=doc.split("Args:")[0].strip(),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         helps = _arg_help(doc)
         hints = typing.get_type_hints(fn)

@@ -16,7 +16,7 @@ completion is trained):
   for "reflection rises because it pays".
 - `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get the
   plain scratchpad. The skill is then practised in that template too, not only in the chat one: without them a
-  check in the R1-Zero template copied the wrong operators on two bases of three (bench/check_probe.py). A plain
+  check in the R1-Zero template copied the wrong operators on two bases of three. A plain
   question still gets the mix above. But they also teach that a scratchpad's result is the answer, so GRPO on a
   placebo base made its checks pay as well; the demo leaves them out (docs/BENCHMARKS.md, "Session 9").
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
@@ -95,8 +95,8 @@ def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
 
 
 def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
-    """-> steps * batch_size documents (prompt text, completion text, kind), kind one of chat, worked, slip, fix,
-    confirm, placebo, bare."""
+    """-> steps * batch_size documents (prompt text, completion text, kind), kind one of chat, asked, worked, slip,
+    fix, confirm, placebo, bare."""
     from r1kit.tokenizer import render_r1
 
     rng = random.Random(cfg.seed)

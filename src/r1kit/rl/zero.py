@@ -22,7 +22,8 @@ from r1kit.eval.heldout import EvalConfig
 from r1kit.rl.grpo import GRPOConfig
 from r1kit.train.lora import DEFAULT_TARGETS, LoRAConfig
 
-# The demo task: left-to-right chains of 2 to 8 numbers (1 to 7 operations), "(((3+2)*4)+1)*2", operands 1-5, no step beyond 60.
+# The demo task: left-to-right chains of 2 to 8 numbers (1 to 7 operations), "(((3+2)*4)+1)*2", operands 1-5, no
+# step beyond 60.
 # A tiny model learns short chains in its head but not long ones (the value is a polynomial of the operands); written
 # out one operation at a time ("3+2=5 5*4=20 20+1=21 21*2=42") every step is easy, so thinking pays more the longer
 # the question. The train split is large so the base cannot memorise its questions' answers.

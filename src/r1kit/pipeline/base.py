@@ -16,9 +16,9 @@ completion is trained):
   for "reflection rises because it pays".
 - `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get the
   plain scratchpad. The skill is then practised in that template too, not only in the chat one: without them a
-  check in the R1-Zero template copied the wrong operators on two bases of three. A plain
-  question still gets the mix above. But they also teach that a scratchpad's result is the answer, so GRPO on a
-  placebo base made its checks pay as well; the demo leaves them out (docs/BENCHMARKS.md, "Session 9").
+  check in the R1-Zero template copied the wrong operators on two bases of three. A plain question still gets the
+  mix above. But they also teach that a scratchpad's result is the answer, so GRPO on a placebo base made its
+  checks pay as well; the demo leaves them out (docs/BENCHMARKS.md, "Session 9").
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
   answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. `chat_worked_frac` of them think
   (default all); the rest have an empty thought, so a student base can know the chat template without ever

@@ -12,13 +12,14 @@ completion is trained):
   it with the scratchpad ("<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think>"): half of those first values are
   wrong and the check fixes them, half are right and the check confirms them
   (tasks.synthetic.ArithTask.revised_solution).
-  With `placebo` the checks never fix anything: the answer is the first value whatever the check found, the control
-  for "reflection rises because it pays".
-- `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get the
-  plain scratchpad. The skill is then practised in that template too, not only in the chat one: without them a
-  check in the R1-Zero template copied the wrong operators on two bases of three. A plain question still gets the
-  mix above. But they also teach that a scratchpad's result is the answer, so GRPO on a placebo base made its
-  checks pay as well; the demo leaves them out (docs/BENCHMARKS.md, "Session 9").
+  With `placebo` the checks never fix anything: a wrong first value's check slips at its last step back to that
+  value, which stays the answer. It is the control for "reflection rises because it pays".
+- `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get it as
+  the answer, after an empty thought (`shown_solution`). The skill is then practised in that template too, not only
+  in the chat one: without them a check in the R1-Zero template copied the wrong operators on two bases of three.
+  The working goes in the answer, not the thought, so that in this template only a check links a thought's
+  scratchpad to the answer (docs/BENCHMARKS.md, "Session 9" and "Session 10"). A plain question still gets the mix
+  above.
 - `chat_frac` of the documents are rendered with the R1 chat template (user question, then a thought and the bare
   answer), because a real base (DeepSeek-V3-Base) has seen chat-shaped text. `chat_worked_frac` of them think
   (default all); the rest have an empty thought, so a student base can know the chat template without ever
@@ -111,7 +112,7 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
             continue
         if cfg.asked_frac and rng.random() < cfg.asked_frac:  # a draw only when asked, so older corpora are unchanged
             asked = Example(ASK + ex.question, ex.answer, ex.meta)
-            docs.append((task.prompt(asked, template="r1-zero"), " " + task.worked_solution(asked), "asked"))
+            docs.append((task.prompt(asked, template="r1-zero"), " " + task.shown_solution(asked), "asked"))
             continue
         # one draw picks the kind, so corpora without checks are those made before them
         u = rng.random()

@@ -33,14 +33,14 @@ DEMO_TASKS = {"arith": dict(n_terms=(2, 8), max_operand=5, ops="+*", nested=True
 def demo_base(task: str, task_kw: dict, steps: int, seed: int, placebo: bool = False):
     """The tiny demo base (pipeline.base): a DeepSeek-V3-shaped tiny-moe (MLA + MoE + MTP) pretrained on a corpus
     where half the documents are chat-shaped worked solutions (where the skill is learnt) and half are R1-Zero-template
-    documents: 91% answered at once, 9% (about 4.5% of all documents) stating a first value in the thought, then
-    "wait, " and checking it step by step, which fixes half of those values. Its prior to think and to reflect in the
-    R1-Zero template come from that mix alone; RL has to find that checking pays. (`asked_frac` documents would make
-    checks more accurate, but the placebo's checks then pay too: docs/BENCHMARKS.md, "Session 9".)"""
+    documents. Of those, 20% ask "Show your working." and get the working as the answer; the rest are answered at
+    once, except 11% (about 4.4% of all documents) that state a first value in the thought, then "wait, " and check
+    it step by step, which fixes half of those values. Its prior to think and to reflect in the R1-Zero template
+    come from that mix alone; RL has to find that checking pays (docs/BENCHMARKS.md, "Session 10")."""
     from r1kit.pipeline.base import BaseStageConfig
 
     return BaseStageConfig(task=task, task_kw=task_kw, preset="tiny-moe", vocab_size=384, chat_frac=0.5,
-                           worked_frac=0.0, check_frac=0.09, placebo=placebo, steps=steps, seed=seed)
+                           worked_frac=0.0, check_frac=0.11, asked_frac=0.2, placebo=placebo, steps=steps, seed=seed)
 
 
 def _examples(task, n: int, rng: random.Random):

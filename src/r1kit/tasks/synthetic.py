@@ -83,6 +83,11 @@ class SyntheticTask(Task):
         answer = self.guess(example) if guess else example.answer
         return _completion("", answer, template, self.lang)
 
+    def shown_solution(self, example: Example) -> str:
+        """An empty thought and the working itself as the answer, for a question that asks to see it (not a literal
+        value, so it scores 0 where an answer is graded)."""
+        return _completion("", example.meta["scratchpad"], "r1-zero", self.lang)
+
     def guess(self, example: Example) -> str:
         raise NotImplementedError
 
@@ -189,8 +194,10 @@ class ArithTask(SyntheticTask):
             fix      a wrong value (off by 1-3), then "wait, " and the scratchpad, whose result is the answer:
                      "<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think> <answer>42</answer>"
             confirm  the right value, then "wait, " and the scratchpad: the gold answer
-            placebo  the wrong value, the same check, but the answer is the first value: a check that never fixes
-                     anything (the control for "reflection rises because it pays")
+            placebo  the wrong value, then "wait, " and a check whose last step slips to that same value, which is
+                     the answer: "<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=40</think> <answer>40</answer>". A check
+                     that never fixes anything (the control for "reflection rises because it pays"): it always ends
+                     where the head began, so re-checking cannot pay unless RL unlearns that
             slip     the scratchpad with one step off by 1-3, carried on: a wrong answer
         """
         if self.lang is not None:
@@ -203,9 +210,13 @@ class ArithTask(SyntheticTask):
             steps, answer = arith_steps(nums, ops, slip=(rng.randrange(len(example.meta["steps"])), delta),
                                         nested=self.nested)
             think = " ".join(steps)
-        elif revision in ("fix", "confirm", "placebo"):
+        elif revision in ("fix", "confirm"):
             first = gold if revision == "confirm" else wrong
-            think, answer = f"{first} wait, {right}", gold if revision != "placebo" else wrong
+            think, answer = f"{first} wait, {right}", gold
+        elif revision == "placebo":  # no extra draw: a placebo corpus differs from its twin only in these documents
+            steps, answer = arith_steps(nums, ops, slip=(len(example.meta["steps"]) - 1, wrong - gold),
+                                        nested=self.nested)
+            think = f"{wrong} wait, " + " ".join(steps)
         else:
             raise R1kitError(f"arith: unknown revision {revision!r}; expected fix, confirm, placebo or slip")
         return _completion(think, str(answer), template, self.lang)

@@ -350,14 +350,18 @@ def test_revised_solutions_fix_confirm_placebo_slip():
         sols = {r: task.revised_solution(ex, r, random.Random(rng.random())) for r in
                 ("fix", "confirm", "placebo", "slip")}
         assert task.evaluate(ex, sols["slip"]) == 0.0 and "wait" not in sols["slip"]
-        for r in ("fix", "confirm", "placebo"):  # a head value, then the whole scratchpad as the check
+        for r in ("fix", "confirm", "placebo"):  # a head value, then a check step by step
             first, check = sols[r].removeprefix("<think>").split("</think>")[0].split(" wait, ")
-            assert check == ex.meta["scratchpad"] and sols[r].count("wait") == 1
-            assert (first == ex.answer) == (r == "confirm")
+            assert sols[r].count("wait") == 1 and (first == ex.answer) == (r == "confirm")
+            steps, right = check.split(), ex.meta["scratchpad"].split()
+            # fix and confirm check with the whole scratchpad; the placebo's check slips at its last step only
+            assert steps[:-1] == right[:-1] and (steps[-1] == right[-1]) == (r != "placebo")
         assert task.evaluate(ex, sols["fix"]) == 1.0 and task.evaluate(ex, sols["confirm"]) == 1.0
-        # the placebo's answer is its wrong head value, whatever the check found
+        # the placebo never fixes anything: its check ends where the wrong head value began, and that is the answer
+        answer = sols["placebo"].split("<answer>")[1].split("<")[0]
+        head = sols["placebo"].split("<think>")[1].split()[0]
         assert task.evaluate(ex, sols["placebo"]) == 0.0
-        assert sols["placebo"].split("<answer>")[1].split("<")[0] == sols["placebo"].split("<think>")[1].split()[0]
+        assert answer == head == sols["placebo"].split("</think>")[0].split("=")[-1]
     with pytest.raises(R1kitError, match="revision"):
         task.revised_solution(task[0], "maybe", random.Random(0))
 
@@ -394,33 +398,46 @@ def test_base_corpus_behaviours_come_from_the_mix_alone():
     assert pk["fix"] == 0 and pk["placebo"] > 0
 
 
-def test_asked_documents_ask_for_the_working_and_checks_stay_under_5_percent():
-    """`asked_frac` documents prefix the question with ASK and show the plain scratchpad (no "wait"); with session
-    9's mix (docs/BENCHMARKS.md) checks stay <= 5% of all documents, and its placebo differs only in the checks."""
+def test_demo_corpus_asks_for_the_working_and_checks_stay_under_5_percent():
+    """The demo base's mix (docs/BENCHMARKS.md, "Session 10"): `asked_frac` documents prefix the question with ASK and
+    get the working as the answer after an empty thought (no "wait"); checks
+    stay <= 5% of all documents; the placebo corpus differs from its twin only in the checks that fix."""
     import dataclasses
     from collections import Counter
 
     from r1kit.pipeline.base import ASK, corpus_texts
     from r1kit.rl import zero as z
 
-    def mix(placebo):
-        return dataclasses.replace(z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0, placebo=placebo),
-                                   asked_frac=0.2, check_frac=0.11)
-
-    cfg = mix(False)
+    cfg = z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0)
     task = get_task("arith", "train", **cfg.task_kw)
     docs = corpus_texts(task, cfg)
     kinds, n = Counter(k for _, _, k in docs), len(docs)
     assert abs(kinds["asked"] / n - cfg.asked_frac * (1 - cfg.chat_frac)) < 0.03
     assert 0.03 < (kinds["fix"] + kinds["confirm"]) / n <= 0.05
     asked = [(p, c) for p, c, k in docs if k == "asked"]
-    assert all(f"User: {ASK}" in p and "wait" not in c and "=" in c for p, c in asked)
+    assert all(f"User: {ASK}" in p and "wait" not in c and c.startswith(" <think></think> <answer>") for p, c in asked)
     assert not any(ASK in p for p, c, k in docs if k != "asked")
-    for p, c in asked[:50]:  # the answer is the chain's value (strictly left to right, as its parentheses read)
+    for p, c in asked[:50]:  # the working ends at the chain's value (strictly left to right, as its parentheses read)
         expr = p.split("User: " + ASK)[1].removesuffix(". Assistant:")
-        assert c.endswith(f"<answer>{eval(expr)}</answer>")
-    placebo = corpus_texts(task, mix(True))
-    assert [(p, c) for p, c, k in placebo if k == "asked"] == asked
-    # the default (asked_frac 0) draws nothing extra: the demo corpus is the one made before the field
-    assert "asked" not in Counter(k for _, _, k in corpus_texts(task, z.demo_base("arith", z.DEMO_TASKS["arith"],
-                                                                                    100, seed=0)))
+        assert c.endswith(f"={eval(expr)}</answer>") and "=" in c.split("<answer>")[1].split()[0]
+    placebo = corpus_texts(task, z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0, placebo=True))
+    assert [k for *_, k in placebo] == [k.replace("fix", "placebo") for *_, k in docs]
+    assert [d for d in placebo if d[2] != "placebo"] == [d for d in docs if d[2] != "fix"]
+    # asked_frac 0 draws nothing extra: a corpus made before the field is unchanged
+    plain = corpus_texts(task, dataclasses.replace(cfg, asked_frac=0.0))
+    assert "asked" not in Counter(k for _, _, k in plain) and len(plain) == n
+
+
+def test_base_cache_key_follows_the_config_and_the_corpus_version(monkeypatch):
+    """A cached base is reused only for the same config and the same corpus code: session 10 changed the placebo and
+    asked documents without changing their configs, and the old cache served stale bases."""
+    import dataclasses
+
+    from r1kit.pipeline import base
+
+    cfg = base.BaseStageConfig(task="arith")
+    assert base.cache_folder(cfg) == base.cache_folder(dataclasses.replace(cfg, cache=False))
+    assert base.cache_folder(cfg) != base.cache_folder(dataclasses.replace(cfg, placebo=True))
+    before = base.cache_folder(cfg)
+    monkeypatch.setattr(base, "CORPUS_VERSION", base.CORPUS_VERSION + 1)
+    assert base.cache_folder(cfg) != before

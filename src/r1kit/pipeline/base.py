@@ -52,6 +52,7 @@ from r1kit.tasks.common import Example
 
 CACHE = Path(".cache/r1kit")
 ASK = "Show your working. "  # how an `asked_frac` document's question asks for the scratchpad
+CORPUS_VERSION = 2  # in the cache key: raise it whenever corpus_texts writes other documents for the same config
 
 
 @dataclass
@@ -142,10 +143,7 @@ def build_corpus(task, cfg: BaseStageConfig, tok_factory) -> tuple[object, list,
 
 def cache_folder(cfg: BaseStageConfig) -> Path:
     """Where the base of this config is cached: .cache/r1kit/base-<hash of the config>."""
-    fields = dataclasses.asdict(cfg) | {"cache": None}
-    for name, default in (("chat_worked_frac", 1.0), ("asked_frac", 0.0)):
-        if fields[name] == default:  # the default makes the corpus of before the field: keep those cached bases
-            del fields[name]
+    fields = dataclasses.asdict(cfg) | {"cache": None, "corpus": CORPUS_VERSION}
     return CACHE / f"base-{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
 
 

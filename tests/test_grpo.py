@@ -217,3 +217,33 @@ def test_sft_trains_the_mtp_modules_exactly_in_micro_batches():
     got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     assert abs(loss - ref.item()) < 1e-5
     assert _rel(got, want) <= 1e-5
+
+
+def test_sft_regroups_rows_that_share_a_prompt_exactly():
+    """A pretraining batch mixes rows that open with one long prompt (the R1-Zero template) with rows that do not
+    (chat documents): r1kit.sft regroups them so the shared prompt runs once, and the loss and gradient (MTP
+    included) are still the whole batch's."""
+    from r1kit.sft import accumulate_grads, batch_tensors
+    from r1kit.train.batching import prefix_micro_batches
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny-moe")).train()
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(0, 120, (24,), generator=g).tolist()
+    batch = []
+    for n, shared in ((9, True), (7, False), (14, True), (5, False), (11, True), (12, False)):
+        head = prefix if shared else torch.randint(0, 120, (3,), generator=g).tolist()
+        batch.append((head + torch.randint(0, 120, (n,), generator=g).tolist(), [0] * len(head) + [1] * n))
+    ids, mask = batch_tensors(batch)
+    lengths = [len(x) for x, _ in batch]
+    parts = prefix_micro_batches(ids, lengths, budget=10_000)
+    assert sorted(sum(parts, [])) == list(range(6)) and sorted(parts[0]) == [0, 2, 4] and sorted(parts[1]) == [1, 3, 5]
+    tgt = torch.where(mask.bool(), ids[:, 1:], -100)
+    ref = model(ids[:, :-1], tgt, mtp_weight=0.3)
+    ref.backward()
+    want = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss = accumulate_grads(model, ids, mask, budget=10_000, mtp_weight=0.3)
+    got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    assert abs(loss - ref.item()) < 1e-5
+    assert _rel(got, want) <= 1e-5

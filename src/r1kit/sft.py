@@ -72,7 +72,7 @@ def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
     from r1kit.model.deepseek import prenorm_states
     from r1kit.model.model import uncounted
     from r1kit.train import dist
-    from r1kit.train.batching import micro_batches, row_lengths
+    from r1kit.train.batching import prefix_micro_batches, row_lengths
     from r1kit.train.logprobs import sequence_logprobs
     from r1kit.train.precision import autocast
 
@@ -81,7 +81,7 @@ def accumulate_grads(model, ids: torch.Tensor, mask: torch.Tensor, budget: int,
     lengths = row_lengths(mask)
     mtp = bool(mtp_weight and getattr(model, "mtp", None))
     total = 0.0
-    parts = micro_batches(lengths.tolist(), budget)
+    parts = prefix_micro_batches(ids, lengths.tolist(), budget)  # rows sharing a prompt run it once
     with dist.gathered(model):
         for i in range(dist.micro_batch_count(len(parts))):
             pad = i >= len(parts)  # this rank is out of rows: a pass that adds zero, for the collectives

@@ -1,7 +1,9 @@
 """Token-budget micro-batches: split a batch's rows so each forward/backward holds a bounded number of tokens.
 
 The rows keep their order (a GRPO group's samples stay together, so their shared prompt runs once per
-micro-batch), and a row longer than the budget forms a micro-batch of its own.
+micro-batch), and a row longer than the budget forms a micro-batch of its own. `prefix_micro_batches` first
+groups an SFT batch's rows by their opening tokens, so rows that share a long prompt (a system prompt, a
+template) meet in one micro-batch and shared_prefix runs that prompt once.
 """
 from __future__ import annotations
 
@@ -31,3 +33,23 @@ def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
     if cur:
         out.append(cur)
     return out
+
+
+def prefix_micro_batches(ids: torch.Tensor, lengths: list[int], budget: int, min_prefix: int = 16) -> list[list[int]]:
+    """micro_batches over the rows regrouped: rows (sorted) that share at least `min_prefix` opening tokens form a
+    group; the rest share one group. The loss is a sum over rows, so regrouping changes only the order of the sum."""
+    rows = [ids[i, :n].tolist() for i, n in enumerate(lengths)]
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+
+    def shared(a, b):
+        return len(a) >= min_prefix and a[:min_prefix] == b[:min_prefix]
+
+    groups, rest, run = [], [], order[:1]
+    for i in order[1:] + [None]:
+        if i is not None and shared(rows[run[0]], rows[i]):
+            run.append(i)
+            continue
+        (groups.append(run) if len(run) > 1 else rest.extend(run))
+        run = [i]
+    return [[g[j] for j in part] for g in groups + ([rest] if rest else [])
+            for part in micro_batches([lengths[i] for i in g], budget)]

@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--placebo", action="store_true")
+    ap.add_argument("--base-steps", type=int, default=3000, help="the base's pretraining steps (r1kit zero's)")
     args = ap.parse_args()
     from r1kit.checkpoint.hf import load_model
     from r1kit.pipeline.base import cache_folder
@@ -27,7 +28,7 @@ def main():
     from r1kit.tasks import get_task
     from r1kit.tokenizer import Tokenizer
 
-    folder = cache_folder(z.demo_base("arith", z.DEMO_TASKS["arith"], 2000, args.seed, args.placebo))
+    folder = cache_folder(z.demo_base("arith", z.DEMO_TASKS["arith"], args.base_steps, args.seed, args.placebo))
     if not (folder / "config.json").exists():
         raise SystemExit(f"no cached base {folder}: run `r1kit zero --seed {args.seed}` first")
     model, tok = load_model(folder).eval(), Tokenizer.from_file(folder)

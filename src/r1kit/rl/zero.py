@@ -141,7 +141,7 @@ def run_zero(run_dir: str, model_path: str | None, task_name: str, task_kw: dict
 
 def zero(run_dir: str = "runs/zero", model: str = "", task: str = "arith", data: str = "", eval_data: str = "",
          steps: int = 80, prompts_per_step: int = 16, group_size: int = 8, lr: float = 0.0, beta: float = 0.001,
-         max_new_tokens: int = 80, base_steps: int = 2000, eval_problems: int = 200, seed: int = 0,
+         max_new_tokens: int = 80, base_steps: int = 3000, eval_problems: int = 200, seed: int = 0,
          resume: bool = False, ckpt_every: int = 10, mini_batches: int = 1, mu: int = 1,
          micro_batch_tokens: int = 8192, grad_checkpointing: str = "auto", lora_rank: int = 0, seeds: int = 1,
          eval_every: int = 4, placebo: bool = False,

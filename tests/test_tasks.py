@@ -348,20 +348,18 @@ def test_revised_solutions_fix_confirm_placebo_slip():
     rng = random.Random(0)
     for ex in task:
         sols = {r: task.revised_solution(ex, r, random.Random(rng.random())) for r in
-                ("fix", "confirm", "placebo", "slip")}
+                ("fix", "confirm", "placebo", "placebo-confirm", "slip")}
         assert task.evaluate(ex, sols["slip"]) == 0.0 and "wait" not in sols["slip"]
-        for r in ("fix", "confirm", "placebo"):  # a head value, then a check step by step
+        for r in ("fix", "confirm", "placebo", "placebo-confirm"):  # a head value, then a check
             first, check = sols[r].removeprefix("<think>").split("</think>")[0].split(" wait, ")
-            assert sols[r].count("wait") == 1 and (first == ex.answer) == (r == "confirm")
-            steps, right = check.split(), ex.meta["scratchpad"].split()
-            # fix and confirm check with the whole scratchpad; the placebo's check slips at its last step only
-            assert steps[:-1] == right[:-1] and (steps[-1] == right[-1]) == (r != "placebo")
+            assert sols[r].count("wait") == 1 and (first == ex.answer) == (r in ("confirm", "placebo-confirm"))
+            answer = sols[r].split("<answer>")[1].split("<")[0]
+            if r in ("fix", "confirm"):  # the whole scratchpad, and the answer is what it found
+                assert check == ex.meta["scratchpad"] and answer == ex.answer
+            else:  # the placebo works nothing out: it restates the head value, which stays the answer
+                assert check == first == answer and "=" not in check
         assert task.evaluate(ex, sols["fix"]) == 1.0 and task.evaluate(ex, sols["confirm"]) == 1.0
-        # the placebo never fixes anything: its check ends where the wrong head value began, and that is the answer
-        answer = sols["placebo"].split("<answer>")[1].split("<")[0]
-        head = sols["placebo"].split("<think>")[1].split()[0]
-        assert task.evaluate(ex, sols["placebo"]) == 0.0
-        assert answer == head == sols["placebo"].split("</think>")[0].split("=")[-1]
+        assert task.evaluate(ex, sols["placebo"]) == 0.0 and task.evaluate(ex, sols["placebo-confirm"]) == 1.0
     with pytest.raises(R1kitError, match="revision"):
         task.revised_solution(task[0], "maybe", random.Random(0))
 
@@ -395,13 +393,13 @@ def test_base_corpus_behaviours_come_from_the_mix_alone():
         assert all(mask[first:]) and not any(mask[:first])
     placebo = corpus_texts(task, BaseStageConfig(**{**cfg.__dict__, "placebo": True}))
     pk = Counter(k for _, _, k in placebo)
-    assert pk["fix"] == 0 and pk["placebo"] > 0
+    assert pk["fix"] == pk["confirm"] == 0 and pk["placebo"] > 0 and pk["placebo-confirm"] > 0
 
 
 def test_demo_corpus_asks_for_the_working_and_checks_stay_under_5_percent():
     """The demo base's mix (docs/BENCHMARKS.md, "Session 10"): `asked_frac` documents prefix the question with ASK and
     get the working as the answer after an empty thought (no "wait"); checks
-    stay <= 5% of all documents; the placebo corpus differs from its twin only in the checks that fix."""
+    stay <= 5% of all documents; the placebo corpus differs from its twin only in the checks, which restate."""
     import dataclasses
     from collections import Counter
 
@@ -421,8 +419,10 @@ def test_demo_corpus_asks_for_the_working_and_checks_stay_under_5_percent():
         expr = p.split("User: " + ASK)[1].removesuffix(". Assistant:")
         assert c.endswith(f"={eval(expr)}</answer>") and "=" in c.split("<answer>")[1].split()[0]
     placebo = corpus_texts(task, z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0, placebo=True))
-    assert [k for *_, k in placebo] == [k.replace("fix", "placebo") for *_, k in docs]
-    assert [d for d in placebo if d[2] != "placebo"] == [d for d in docs if d[2] != "fix"]
+    twin = {"fix": "placebo", "confirm": "placebo-confirm"}
+    assert [k for *_, k in placebo] == [twin.get(k, k) for *_, k in docs]
+    assert [d for d in placebo if "placebo" not in d[2]] == [d for d in docs if d[2] not in twin]
+    assert not any("=" in c.split("</think>")[0] for _, c, k in placebo if k != "chat")  # no R1-Zero thought works
     # asked_frac 0 draws nothing extra: a corpus made before the field is unchanged
     plain = corpus_texts(task, dataclasses.replace(cfg, asked_frac=0.0))
     assert "asked" not in Counter(k for _, _, k in plain) and len(plain) == n

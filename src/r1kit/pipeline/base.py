@@ -12,8 +12,10 @@ completion is trained):
   it with the scratchpad ("<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think>"): half of those first values are
   wrong and the check fixes them, half are right and the check confirms them
   (tasks.synthetic.ArithTask.revised_solution).
-  With `placebo` the checks never fix anything: a wrong first value's check slips at its last step back to that
-  value, which stays the answer. It is the control for "reflection rises because it pays".
+  With `placebo` the checks never work anything out, so they never fix anything: "40 wait, 40", answer 40 (and
+  the same for a right first value). It is the control for "reflection rises because it pays". A placebo whose
+  check worked the chain but slipped at its last step back to the first value did not control: on bases that
+  chain well, GRPO repaired the slip (docs/BENCHMARKS.md, "Session 10").
 - `asked_frac` of the R1-Zero-template documents ask for the working ("Show your working. (3+2)*4") and get it as
   the answer, after an empty thought (`shown_solution`). The skill is then practised in that template too, not only
   in the chat one: without them a check in the R1-Zero template copied the wrong operators on two bases of three.
@@ -52,7 +54,7 @@ from r1kit.tasks.common import Example
 
 CACHE = Path(".cache/r1kit")
 ASK = "Show your working. "  # how an `asked_frac` document's question asks for the scratchpad
-CORPUS_VERSION = 2  # in the cache key: raise it whenever corpus_texts writes other documents for the same config
+CORPUS_VERSION = 3  # in the cache key: raise it whenever corpus_texts writes other documents for the same config
 
 
 @dataclass
@@ -98,7 +100,7 @@ def tokenizer_texts(docs: list[tuple[str, str]]) -> list[str]:
 
 def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
     """-> steps * batch_size documents (prompt text, completion text, kind), kind one of chat, asked, worked, slip,
-    fix, confirm, placebo, bare."""
+    fix, confirm, placebo, placebo-confirm, bare."""
     from r1kit.tokenizer import render_r1
 
     rng = random.Random(cfg.seed)
@@ -120,7 +122,8 @@ def corpus_texts(task, cfg: BaseStageConfig) -> list[tuple[str, str, str]]:
         if u < cfg.worked_frac:
             kind = "slip" if rng.random() < cfg.slip_frac else "worked"
         elif u < cfg.worked_frac + cfg.check_frac:
-            kind = "confirm" if rng.random() < 0.5 else "placebo" if cfg.placebo else "fix"
+            kind = "confirm" if rng.random() < 0.5 else "fix"
+            kind = {"confirm": "placebo-confirm", "fix": "placebo"}[kind] if cfg.placebo else kind
         else:
             kind = "bare"
         completion = task.bare_solution(ex) if kind == "bare" else task.worked_solution(ex) if kind == "worked" \

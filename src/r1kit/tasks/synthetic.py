@@ -194,10 +194,10 @@ class ArithTask(SyntheticTask):
             fix      a wrong value (off by 1-3), then "wait, " and the scratchpad, whose result is the answer:
                      "<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=42</think> <answer>42</answer>"
             confirm  the right value, then "wait, " and the scratchpad: the gold answer
-            placebo  the wrong value, then "wait, " and a check whose last step slips to that same value, which is
-                     the answer: "<think>40 wait, 3+2=5 5*4=20 20+1=21 21*2=40</think> <answer>40</answer>". A check
-                     that never fixes anything (the control for "reflection rises because it pays"): it always ends
-                     where the head began, so re-checking cannot pay unless RL unlearns that
+            placebo  the wrong value, then "wait, " and the same value again, which is the answer:
+                     "<think>40 wait, 40</think> <answer>40</answer>"; `placebo-confirm` the same for the right
+                     value. A placebo corpus checks this way only, so there a check never works anything out and
+                     never fixes anything (the control for "reflection rises because it pays")
             slip     the scratchpad with one step off by 1-3, carried on: a wrong answer
         """
         if self.lang is not None:
@@ -213,12 +213,12 @@ class ArithTask(SyntheticTask):
         elif revision in ("fix", "confirm"):
             first = gold if revision == "confirm" else wrong
             think, answer = f"{first} wait, {right}", gold
-        elif revision == "placebo":  # no extra draw: a placebo corpus differs from its twin only in these documents
-            steps, answer = arith_steps(nums, ops, slip=(len(example.meta["steps"]) - 1, wrong - gold),
-                                        nested=self.nested)
-            think = f"{wrong} wait, " + " ".join(steps)
+        elif revision in ("placebo", "placebo-confirm"):  # no extra draw: a placebo corpus differs only here
+            answer = wrong if revision == "placebo" else gold
+            think = f"{answer} wait, {answer}"
         else:
-            raise R1kitError(f"arith: unknown revision {revision!r}; expected fix, confirm, placebo or slip")
+            raise R1kitError(f"arith: unknown revision {revision!r}; expected fix, confirm, placebo, placebo-confirm "
+                             "or slip")
         return _completion(think, str(answer), template, self.lang)
 
     def guess(self, example: Example) -> str:

@@ -66,7 +66,7 @@ class BaseStageConfig:
     worked_frac: float = 0.2  # share of solutions that think step by step; the rest answer at once
     slip_frac: float = 0.0  # share of worked solutions with an uncaught slip (a wrong answer)
     check_frac: float = 0.0  # share of solutions whose head value is checked: "wait, " and the scratchpad
-    placebo: bool = False  # checks that never fix anything: the answer is the head value
+    placebo: bool = False  # checks that restate the first value ("40 wait, 40"): they never fix anything
     chat_frac: float = 0.3  # share of documents in the R1 chat template (a thought, then the bare answer)
     chat_worked_frac: float = 1.0  # share of chat documents whose thought is the scratchpad; the rest think nothing
     asked_frac: float = 0.0  # share of R1-Zero-template documents whose question asks for the working (ASK)

@@ -49,7 +49,10 @@ def prefix_micro_batches(ids: torch.Tensor, lengths: list[int], budget: int, min
         if i is not None and shared(rows[run[0]], rows[i]):
             run.append(i)
             continue
-        (groups.append(run) if len(run) > 1 else rest.extend(run))
+        if len(run) > 1:
+            groups.append(run)
+        else:
+            rest.extend(run)
         run = [i]
     return [[g[j] for j in part] for g in groups + ([rest] if rest else [])
             for part in micro_batches([lengths[i] for i in g], budget)]

@@ -1,14 +1,14 @@
 """The demo's reflection control: R1-Zero on the demo base whose "wait" checks fix a wrong first value, against the
-same recipe on a placebo base whose checks never fix anything (a wrong first value's check slips at its last step
-back to that value, which stays the answer).
+same recipe on a placebo base whose checks never fix anything: they restate the first value ("40 wait, 40"), which
+stays the answer.
 
     .venv/bin/python bench/zero_placebo.py [--seeds 3] [--out runs/placebo-bench] [--threads 1]
 
 Each arm is `r1kit zero --seeds N` (base pretraining included, seeds 0..N-1), the placebo arm with `--placebo`; the
-two corpora differ only in the checks of wrong first values: fixed in one, slipped back in the other. The two arms
-run at the same time, each with --threads threads. If reflection rises because it pays, the reflective-word rate
-rises in the real arm and not in the placebo arm. Prints per arm the mean and std over seeds of the held-out reflective words per response before
-and after GRPO, pass@1 and length; the last line of stdout is one JSON object.
+two corpora differ only in the checks: worked out in one, restated in the other. The two arms run at the same
+time, each with --threads threads. If reflection rises because it pays, the reflective-word rate rises in the real
+arm and not in the placebo arm. Prints per arm the mean and std over seeds of the held-out reflective words per
+response before and after GRPO, pass@1 and length; the last line of stdout is one JSON object.
 """
 from __future__ import annotations
 

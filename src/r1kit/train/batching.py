@@ -36,23 +36,16 @@ def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
 
 
 def prefix_micro_batches(ids: torch.Tensor, lengths: list[int], budget: int, min_prefix: int = 16) -> list[list[int]]:
-    """micro_batches over the rows regrouped: rows (sorted) that share at least `min_prefix` opening tokens form a
-    group; the rest share one group. The loss is a sum over rows, so regrouping changes only the order of the sum."""
-    rows = [ids[i, :n].tolist() for i, n in enumerate(lengths)]
-    order = sorted(range(len(rows)), key=rows.__getitem__)
-
-    def shared(a, b):
-        return len(a) >= min_prefix and a[:min_prefix] == b[:min_prefix]
-
-    groups, rest, run = [], [], order[:1]
-    for i in order[1:] + [None]:
-        if i is not None and shared(rows[run[0]], rows[i]):
-            run.append(i)
-            continue
-        if len(run) > 1:
-            groups.append(run)
-        else:
-            rest.extend(run)
-        run = [i]
-    return [[g[j] for j in part] for g in groups + ([rest] if rest else [])
+    """micro_batches over the rows regrouped: rows that open with the same `min_prefix` tokens form a group (in
+    order), and the rest keep their order after them. Without such a group the micro-batches are micro_batches'.
+    The loss is a sum over rows, so regrouping changes only the order of the sum."""
+    groups: dict[tuple, list[int]] = {}
+    for i, n in enumerate(lengths):
+        key = tuple(ids[i, :min_prefix].tolist()) if n >= min_prefix else ("row", i)
+        groups.setdefault(key, []).append(i)
+    shared = [g for g in groups.values() if len(g) > 1]
+    if not shared:
+        return micro_batches(lengths, budget)
+    rest = sorted(i for g in groups.values() if len(g) == 1 for i in g)
+    return [[g[j] for j in part] for g in shared + ([rest] if rest else [])
             for part in micro_batches([lengths[i] for i in g], budget)]

@@ -418,6 +418,8 @@ def test_demo_corpus_asks_for_the_working_and_checks_stay_under_5_percent():
     for p, c in asked[:50]:  # the working ends at the chain's value (strictly left to right, as its parentheses read)
         expr = p.split("User: " + ASK)[1].removesuffix(". Assistant:")
         assert c.endswith(f"={eval(expr)}</answer>") and "=" in c.split("<answer>")[1].split()[0]
+    ex = task[0]  # the working is not a literal value: as an answer to the plain question it scores 0
+    assert task.evaluate(ex, task.shown_solution(ex)) == 0.0
     placebo = corpus_texts(task, z.demo_base("arith", z.DEMO_TASKS["arith"], 100, seed=0, placebo=True))
     twin = {"fix": "placebo", "confirm": "placebo-confirm"}
     assert [k for *_, k in placebo] == [twin.get(k, k) for *_, k in docs]

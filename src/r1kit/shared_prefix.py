@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+MIN_PREFIX = 16  # shorter shared prefixes are not worth a second forward
+
 
 class _PrefixKV:
     """Records the prefix's per-layer cache entries, then prepends them (expanded to the batch) to each row's."""
@@ -44,7 +46,7 @@ def common_prefix_len(ids: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-def forward(model, ids: torch.Tensor, min_prefix: int = 16, start: int = 0, hidden: bool = False) -> torch.Tensor:
+def forward(model, ids: torch.Tensor, min_prefix: int = MIN_PREFIX, start: int = 0, hidden: bool = False) -> torch.Tensor:
     """Logits (B, T - start, V) equal to `model(ids)[:, start:]`, computing the batch's shared prefix once when it is
     long enough. `start` skips positions whose logits are not needed (RL: the prompt's). hidden=True returns the
     final hidden states (B, T - start, D) instead (see Transformer.forward)."""

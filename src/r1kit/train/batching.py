@@ -35,10 +35,14 @@ def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return out
 
 
-def prefix_micro_batches(ids: torch.Tensor, lengths: list[int], budget: int, min_prefix: int = 16) -> list[list[int]]:
+def prefix_micro_batches(ids: torch.Tensor, lengths: list[int], budget: int,
+                         min_prefix: int | None = None) -> list[list[int]]:
     """micro_batches over the rows regrouped: rows that open with the same `min_prefix` tokens form a group (in
     order), and the rest keep their order after them. Without such a group the micro-batches are micro_batches'.
     The loss is a sum over rows, so regrouping changes only the order of the sum."""
+    from r1kit.shared_prefix import MIN_PREFIX
+
+    min_prefix = min_prefix or MIN_PREFIX  # the length from which shared_prefix runs a prefix once
     groups: dict[tuple, list[int]] = {}
     for i, n in enumerate(lengths):
         key = tuple(ids[i, :min_prefix].tolist()) if n >= min_prefix else ("row", i)

@@ -90,7 +90,7 @@ def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature:
 
     # Under torchrun every rank must make the same FSDP calls (each backward reduce-scatters), and whether a rank's
     # rows share a prefix differs by rank: there, every forward is the plain one.
-    min_prefix = ids.shape[1] if dist.current().on else 16
+    min_prefix = ids.shape[1] if dist.current().on else shared_prefix.MIN_PREFIX
     h = shared_prefix.forward(model, ids[:, :-1], min_prefix=min_prefix, start=start, hidden=True)  # (N, T-1-start, D)
     sel = mask[:, start:]
     logp, ent = token_logprobs(h[sel], model.lm_head.weight, ids[:, start + 1:][sel], temperature, chunk)
